@@ -1,0 +1,357 @@
+"""Graph building blocks shared by the GCN/GraFormer pose diffusion models.
+
+These mirror the upstream PyTorch modules of DiffPose (`models/ChebConv.py`,
+`models/GraFormer.py`, `models/gcndiff.py`) and the ICASSP'24 variant, which reuses them on a
+34-node graph. Parameter names follow the torch module tree, so a checkpoint maps onto them
+mechanically: torch
+`atten_layers.0.self_attn.linears.2.weight` is flax `atten_layers_0/self_attn/linears_2/kernel`
+(transposed), torch `gconv_layers.0.gconv1.gconv.weight` [3, 1, in, out] is flax
+`gconv_layers_0/gconv1/gconv/weight` [3, in, out].
+
+Graphs are static, hashable module attributes (`num_nodes` and an `edges` tuple). The fixed
+Chebyshev basis is built with numpy while tracing and enters the computation as a constant, so it is
+never a parameter and the modules stay pure and jit-friendly.
+
+Notation: B = batch, N = nodes, C = channels, h = hidden width.
+"""
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Edges = tuple[tuple[int, int], ...]
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph constants (numpy, computed at trace time).
+
+
+def normalized_adjacency(num_nodes: int, edges: Sequence[Sequence[int]]) -> np.ndarray:
+  """Row-normalised adjacency with self-loops of an undirected graph (upstream `adj_mx_from_edges`).
+
+  Each entry is `1 / (deg_i + 1)` for j in N(i) ∪ {i} and 0 elsewhere. The maths is float64 and the
+  result is cast to float32, as upstream does.
+
+  Args:
+    num_nodes: number of graph nodes N.
+    edges: pairs (i, j) of node indices; the direction does not matter.
+
+  Returns:
+    float32 [N, N] matrix whose rows sum to 1.
+
+  Raises:
+    ValueError: an edge is malformed, out of range, a self-loop, or listed twice.
+  """
+  if num_nodes < 1:
+    raise ValueError(f"normalized_adjacency: num_nodes must be >= 1, got {num_nodes}")
+  adjacency = np.zeros((num_nodes, num_nodes), np.float64)
+  seen = set()
+  for edge in edges:
+    if len(edge) != 2:
+      raise ValueError(f"normalized_adjacency: edge {edge!r} is not a pair (i, j)")
+    i, j = int(edge[0]), int(edge[1])
+    if not (0 <= i < num_nodes and 0 <= j < num_nodes):
+      raise ValueError(
+          f"normalized_adjacency: edge ({i}, {j}) is out of range for {num_nodes} nodes")
+    if i == j:
+      raise ValueError(f"normalized_adjacency: edge ({i}, {j}) is a self-loop; self-loops are "
+                       "added by the normalisation and must not be listed")
+    if (i, j) in seen or (j, i) in seen:
+      # Upstream's scipy COO build would sum a duplicate into a weight of 2.
+      raise ValueError(f"normalized_adjacency: edge ({i}, {j}) is listed twice")
+    seen.add((i, j))
+    adjacency[i, j] = adjacency[j, i] = 1.0
+  adjacency += np.eye(num_nodes)
+  adjacency /= adjacency.sum(axis=1, keepdims=True)
+  return adjacency.astype(np.float32)
+
+
+def chebyshev_basis(adj: np.ndarray, order: int = 2) -> np.ndarray:
+  """Chebyshev polynomials of the normalised Laplacian of `adj`, as upstream ChebConv builds them.
+
+  L = I - D^-1/2 adj D^-1/2 with D the row sums of `adj`, all in float32. For the row-normalised
+  adjacency of `normalized_adjacency` the row sums are exactly 1, so L = I - adj.
+
+  Args:
+    adj: float [N, N] graph (upstream always passes the row-normalised adjacency).
+    order: the polynomial order K (upstream K = 2).
+
+  Returns:
+    float32 [K + 1, N, N] stack [T_0, ..., T_K] with T_0 = I, T_1 = L, T_k = 2 L T_{k-1} - T_{k-2}.
+  """
+  adj = np.asarray(adj, np.float32)
+  if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
+    raise ValueError(f"chebyshev_basis: adj must be square [N, N], got shape {adj.shape}")
+  if order < 0:
+    raise ValueError(f"chebyshev_basis: order must be >= 0, got {order}")
+  num_nodes = adj.shape[0]
+  eye = np.eye(num_nodes, dtype=np.float32)
+  inv_sqrt_degree = np.diag(adj.sum(axis=-1) ** np.float32(-0.5))
+  laplacian = eye - (inv_sqrt_degree @ adj) @ inv_sqrt_degree
+  basis = [eye, laplacian][: order + 1]
+  for _ in range(2, order + 1):
+    basis.append(np.float32(2.0) * (laplacian @ basis[-1]) - basis[-2])
+  return np.stack(basis).astype(np.float32)
+
+
+def graph_basis(num_nodes: int, edges: Edges, order: int = 2) -> np.ndarray:
+  """`chebyshev_basis(normalized_adjacency(num_nodes, edges), order)`: float32 [K + 1, N, N]."""
+  return chebyshev_basis(normalized_adjacency(num_nodes, edges), order)
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding of diffusion steps (DDPM / tensor2tensor layout: sines, then cosines).
+
+  Args:
+    t: [B] diffusion steps (integers or floats; used as float32).
+    dim: embedding width D (>= 4); an odd D gets one zero column at the end.
+
+  Returns:
+    float32 [B, D] with columns sin(t f_k) then cos(t f_k), f_k = 10000^(-k / (D/2 - 1)).
+  """
+  if dim < 4:
+    raise ValueError(f"timestep_embedding: dim must be >= 4, got {dim}")
+  t = jnp.asarray(t, jnp.float32)
+  if t.ndim != 1:
+    raise ValueError(f"timestep_embedding: t must be 1-D [B], got shape {t.shape}")
+  half = dim // 2
+  freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / (half - 1)))
+  angles = t[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+# --------------------------------------------------------------------------------------------------
+# Initialisers.
+
+
+def _uniform(bound: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def _cheb_weight_init(key, shape, dtype=jnp.float32):
+  """torch `xavier_normal_` on the upstream weight [K + 1, 1, in, out], stored [K + 1, in, out]."""
+  num_terms, fan_in_c, fan_out_c = shape
+  # torch's fan rule for a 4-D tensor: fan_in = 1 * in * out, fan_out = (K + 1) * in * out.
+  fan_in, fan_out = fan_in_c * fan_out_c, num_terms * fan_in_c * fan_out_c
+  std = math.sqrt(2.0 / (fan_in + fan_out))
+  return std * jax.random.normal(key, shape, dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules.
+
+
+class Linear(nn.Module):
+  """A dense layer with PyTorch's default `nn.Linear` init: kernel and bias ~ U(±1/sqrt(fan_in)).
+
+  Params `kernel` [in, out] (the transpose of torch's `weight`) and `bias` [out].
+  """
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    init = _uniform(1.0 / math.sqrt(fan_in))
+    kernel = self.param("kernel", init, (fan_in, self.features))
+    bias = self.param("bias", init, (self.features,))
+    return x @ kernel + bias
+
+
+class UpstreamLayerNorm(nn.Module):
+  """The GraFormer layer norm: `a_2 * (x - mean) / (std + eps) + b_2` over the last axis.
+
+  Unlike `flax.linen.LayerNorm`, std is the unbiased (N - 1) estimate and eps is added to the std,
+  not to the variance.
+  """
+
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    gain = self.param("a_2", nn.initializers.ones, (features,))
+    shift = self.param("b_2", nn.initializers.zeros, (features,))
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    std = jnp.std(x, axis=-1, keepdims=True, ddof=1)
+    return gain * (x - mean) / (std + self.eps) + shift
+
+
+class ChebConv(nn.Module):
+  """Chebyshev graph convolution of order K on a fixed graph: `sum_k (T_k X) W_k + b`.
+
+  Params `weight` [K + 1, in, out] (xavier-normal with torch's fan rule) and `bias` [out] (zeros).
+  The basis T_k comes from `graph_basis(num_nodes, edges, order)` as a constant.
+  """
+
+  features: int
+  num_nodes: int
+  edges: Edges
+  order: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps [..., N, C_in] to [..., N, features]."""
+    if x.ndim < 2 or x.shape[-2] != self.num_nodes:
+      raise ValueError(f"ChebConv: expected input [..., {self.num_nodes}, C] (N = num_nodes), "
+                       f"got shape {x.shape}")
+    basis = jnp.asarray(graph_basis(self.num_nodes, self.edges, self.order))
+    weight = self.param("weight", _cheb_weight_init, (self.order + 1, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    propagated = jnp.einsum("knm,...mc->k...nc", basis, x)
+    return jnp.einsum("k...nc,kcd->...nd", propagated, weight) + bias
+
+
+class GraphConvBlock(nn.Module):
+  """Upstream `_GraphConv`: ChebConv (submodule `gconv`) -> ReLU -> Dropout."""
+
+  features: int
+  num_nodes: int
+  edges: Edges
+  dropout_rate: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    x = ChebConv(self.features, self.num_nodes, self.edges, name="gconv")(x)
+    x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
+    # Upstream quirk (spec §1.3): a second ReLU follows the dropout; it is a no-op and is omitted.
+    return x
+
+
+class ResChebBlock(nn.Module):
+  """Upstream `_ResChebGC`: `x + gconv2(gconv1(x))` at constant width."""
+
+  num_nodes: int
+  edges: Edges
+  dropout_rate: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Maps [B, N, h] to [B, N, h]."""
+    width = x.shape[-1]
+    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv1")(
+        x, deterministic=deterministic)
+    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv2")(
+        out, deterministic=deterministic)
+    return x + out
+
+
+class ResChebTimeBlock(nn.Module):
+  """Upstream `_ResChebGC_diff`: the residual block with a time-embedding projection in the middle.
+
+  `y = x + gconv2(gconv1(x) + temb_proj(swish(temb)))`, the projection broadcast over nodes.
+  """
+
+  num_nodes: int
+  edges: Edges
+  dropout_rate: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, temb: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Maps x [B, N, h] and temb [B, E] to [B, N, h]."""
+    width = x.shape[-1]
+    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv1")(
+        x, deterministic=deterministic)
+    out = out + Linear(width, name="temb_proj")(nn.swish(temb))[..., None, :]
+    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv2")(
+        out, deterministic=deterministic)
+    return x + out
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head self-attention over graph nodes (upstream `MultiHeadedAttention`).
+
+  `linears_0..2` project to Q, K, V and `linears_3` projects the concatenated heads. There is no
+  positional encoding and no mask: upstream's mask is all True, so masking is a no-op.
+  """
+
+  num_heads: int
+  dropout_rate: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Maps [B, N, h] to [B, N, h]; h must be divisible by num_heads."""
+    *batch, num_nodes, width = x.shape
+    if width % self.num_heads:
+      raise ValueError(f"MultiHeadAttention: width {width} is not divisible by "
+                       f"num_heads {self.num_heads}")
+    head_dim = width // self.num_heads
+
+    def split_heads(y):  # [..., N, h] -> [..., heads, N, d]
+      y = y.reshape(*batch, num_nodes, self.num_heads, head_dim)
+      return jnp.swapaxes(y, -2, -3)
+
+    query, key, value = (split_heads(Linear(width, name=f"linears_{i}")(x)) for i in range(3))
+    scores = query @ jnp.swapaxes(key, -1, -2) / math.sqrt(head_dim)
+    probs = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),
+                                          deterministic=deterministic)
+    out = jnp.swapaxes(probs @ value, -2, -3).reshape(*batch, num_nodes, width)
+    return Linear(width, name="linears_3")(out)
+
+
+class GraphNet(nn.Module):
+  """Upstream `GraphNet`: two graph convolutions with a learnable adjacency `A_hat` [N, N].
+
+  `A_hat` starts as the identity. It is normalised by its column sums,
+  `Lhat = diag(d) A_hat diag(d)` with `d_j = (sum_i A_hat_ij + 1e-5)^-1/2`, and then
+  `out = gconv2(Lhat @ relu(gconv1(Lhat @ x)))` with `gconv1` h -> 2h and `gconv2` 2h -> features.
+  """
+
+  num_nodes: int
+  features: int | None = None  # output width; defaults to the input width
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps [B, N, h] to [B, N, features]."""
+    if x.shape[-2] != self.num_nodes:
+      raise ValueError(f"GraphNet: expected input [..., {self.num_nodes}, C], got shape {x.shape}")
+    width = x.shape[-1]
+    a_hat = self.param("A_hat", lambda key, shape: jnp.eye(shape[0], dtype=jnp.float32),
+                       (self.num_nodes, self.num_nodes))
+    inv_sqrt_col = (jnp.sum(a_hat, axis=0) + 1e-5) ** -0.5
+    lhat = inv_sqrt_col[:, None] * a_hat * inv_sqrt_col[None, :]
+    hidden = nn.relu(Linear(2 * width, name="gconv1")(lhat @ x))
+    return Linear(self.features or width, name="gconv2")(lhat @ hidden)
+
+
+class GraAttenLayer(nn.Module):
+  """A pre-norm transformer layer whose feed-forward is a `GraphNet` (upstream `GraAttenLayer`).
+
+  `x1 = x + Drop(MHA(LN0(x)))`, `y = x1 + Drop(GraphNet(LN1(x1)))`, with the norms `sublayer_0`,
+  `sublayer_1`, the attention `self_attn` and the graph network `feed_forward`.
+  """
+
+  num_nodes: int
+  num_heads: int
+  dropout_rate: float
+  attention_dropout_rate: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Maps [B, N, h] to [B, N, h]."""
+    attended = MultiHeadAttention(self.num_heads, self.attention_dropout_rate, name="self_attn")(
+        UpstreamLayerNorm(name="sublayer_0")(x), deterministic=deterministic)
+    x = x + nn.Dropout(self.dropout_rate)(attended, deterministic=deterministic)
+    fed = GraphNet(self.num_nodes, name="feed_forward")(UpstreamLayerNorm(name="sublayer_1")(x))
+    return x + nn.Dropout(self.dropout_rate)(fed, deterministic=deterministic)
+
+
+class TimeEmbedding(nn.Module):
+  """The MLP after `timestep_embedding`: `dense_1(swish(dense_0(sinusoid)))`, no last activation."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, sinusoid: jax.Array) -> jax.Array:
+    """Maps the sinusoid [B, D] to [B, features]."""
+    hidden = nn.swish(Linear(self.features, name="dense_0")(sinusoid))
+    return Linear(self.features, name="dense_1")(hidden)
