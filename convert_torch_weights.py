@@ -1,0 +1,50 @@
+r"""Converts the authors' released PyTorch checkpoints into an orbax checkpoint directory.
+
+  python convert_torch_weights.py --family diffpose \
+      --checkpoint diffpose_uvxyz_cpn.pth --lifter gcn_xyz_cpn.pth --output checkpoints/diffpose_cpn
+
+The files are read by posediff_jax.safe_load: tensors only, no torch, nothing from the file is executed.
+Model sizes come from --config (default: the family's Human3.6M config) and can be overridden as usual
+(--config.model.hid_dim=64). Every torch key must map onto a parameter, and every parameter must be
+filled; keys upstream itself never uses are listed.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from posediff_jax import checkpoint
+from posediff_jax import families
+
+_FAMILY = flags.DEFINE_enum("family", None, list(families.FAMILIES), "Model family of the checkpoint.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The denoiser checkpoint (.pth / .bin).")
+_LIFTER = flags.DEFINE_string("lifter", None, "The lifter checkpoint (families with a separate lifter).")
+_OUTPUT = flags.DEFINE_string("output", None, "New directory for the orbax checkpoint.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(pathlib.Path(__file__).resolve().parent / "configs" / "diffpose_h36m.py"),
+    "Config giving the model sizes (configs/*.py[:variant]).", lock_config=True)
+flags.mark_flags_as_required(["family", "checkpoint", "output"])
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config.family != _FAMILY.value:
+    raise app.UsageError(f"--family {_FAMILY.value} but --config is for {config.family!r}")
+  family = families.get(_FAMILY.value)
+  params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value)
+  meta = family.checkpoint_meta(config)
+  meta["source"] = {"checkpoint": _CHECKPOINT.value, "lifter": _LIFTER.value}
+  meta["unused_torch_keys"] = report
+  path = checkpoint.save_model(_OUTPUT.value, params, meta)
+  for part, keys in report.items():
+    if keys:
+      print(f"{part}: {len(keys)} checkpoint tensors are unused upstream too and were not converted: "
+            + ", ".join(keys))
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

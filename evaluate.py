@@ -1,0 +1,30 @@
+r"""Evaluates a checkpoint on the config's test split and prints the per-action table.
+
+  python evaluate.py --config configs/diffpose_h36m.py:cpn --checkpoint checkpoints/diffpose_cpn \
+      --output results/diffpose_cpn.json
+
+CHECKPOINT is a directory written by convert_torch_weights.py or a train.py workdir.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from posediff_jax import evaluation
+from posediff_jax import runtime
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted or trained checkpoint directory.")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the results (and config) as JSON here.")
+flags.mark_flags_as_required(["config", "checkpoint"])
+
+
+def main(argv):
+  del argv
+  runtime.initialize()
+  evaluation.run(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,392 @@
+"""Human3.6M readers: VideoPose3D / DiffPose `.npz` files and the per-frame dataset built from them.
+
+Files (all `.npz` whose members are pickled dicts; read with the restricted unpickler of
+`posediff_jax.safe_load`, never with `np.load(allow_pickle=True)`):
+
+- 3D, VideoPose3D `data_3d_h36m.npz`: `positions_3d = {subject: {action: [T, 32, 3]}}`, world
+  coordinates in metres.
+- plain 2D, VideoPose3D `data_2d_h36m_<source>.npz`: `positions_2d = {subject: {action: [4 x
+  [T, 17, 2]]}}` in pixels, one array per camera, plus an optional `metadata` dict.
+- GMM 2D, DiffPose `data_2d_h36m_<source>_gmm.npz`: `positions_2d = {subject: {action: [4 x
+  [T, 17, K, 5]]}}`, the last axis `(weight, u_px, v_px, var_u, var_v)` for each of K kernels.
+
+`load_frame_set` turns a 3D file and a 2D file into flat per-frame arrays exactly as DiffPose's
+`Human36mDataset` + `read_3d_data_me` + `create_2d_data` + `fetch_me` + `PoseGenerator_gmm` do.
+"""
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from posediff_jax import cameras
+from posediff_jax import safe_load
+from posediff_jax import skeleton
+
+# The 15 action classes in the order of upstream's per-action tables.
+ACTIONS = (
+    "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Photo", "Posing", "Purchases",
+    "Sitting", "SittingDown", "Smoking", "Waiting", "WalkDog", "Walking", "WalkTogether",
+)
+# Original Human3.6M spellings (S1 uses some) that VideoPose3D's converter renames.
+_ACTION_ALIASES = {
+    "TakingPhoto": "Photo", "WalkingDog": "WalkDog", "WalkingTogether": "WalkTogether"}
+
+TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
+TEST_SUBJECTS = ("S9", "S11")
+
+NUM_CAMERAS = 4
+NUM_JOINTS_32 = 32
+GMM_CHANNELS = 5  # (weight, u, v, var_u, var_v)
+_WEIGHT_SUM_TOLERANCE = 1e-4
+
+
+def action_class(name: str) -> str:
+  """The action class of a sequence name, e.g. 'Directions 1' -> 'Directions'.
+
+  Upstream DiffPose takes `name.split(' ')[0]`; on top of that the original Human3.6M spellings
+  'TakingPhoto', 'WalkingDog' and 'WalkingTogether' map to their VideoPose3D names (only training
+  subjects use them, so the evaluation labels are the same as upstream's).
+
+  Args:
+    name: a sequence name from a data file.
+
+  Returns:
+    One of `ACTIONS`.
+
+  Raises:
+    ValueError: the name is not a Human3.6M action.
+  """
+  base = str(name).split(" ")[0]
+  base = _ACTION_ALIASES.get(base, base)
+  if base not in ACTIONS:
+    raise ValueError(f"unknown Human3.6M action {name!r} (class {base!r}); expected a name "
+                     f"starting with one of {', '.join(ACTIONS)}")
+  return base
+
+
+def _load_member(path, key: str) -> tuple[Any, dict[str, Any]]:
+  members = safe_load.load_pickled_npz(path)
+  if key not in members:
+    raise ValueError(f"{path}: no {key!r} entry; the file has {sorted(members)} "
+                     f"(expected a VideoPose3D/DiffPose-style file with {key!r})")
+  return members[key], members
+
+
+def _check_nested_dict(value, path, key: str) -> None:
+  if not isinstance(value, dict):
+    raise ValueError(f"{path}: {key!r} must be a pickled dict {{subject: {{action: ...}}}}, "
+                     f"found {type(value).__name__}")
+  for subject, actions in value.items():
+    if not isinstance(actions, dict):
+      raise ValueError(f"{path}: {key}[{subject!r}] must be a dict {{action: ...}}, "
+                       f"found {type(actions).__name__}")
+
+
+def _float_array(array, where: str) -> np.ndarray:
+  if not isinstance(array, np.ndarray) or not (np.issubdtype(array.dtype, np.floating)
+                                               or np.issubdtype(array.dtype, np.integer)):
+    raise ValueError(f"{where}: expected a numeric array, found {type(array).__name__} "
+                     f"{getattr(array, 'dtype', '')}")
+  return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float32)
+
+
+def _check_finite(array: np.ndarray, where: str) -> None:
+  bad = ~np.isfinite(array)
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{where}: {int(bad.sum())} non-finite value(s) (NaN/inf), the first at index "
+                     f"{first} of shape {array.shape}")
+
+
+def load_positions_3d(path) -> dict[str, dict[str, np.ndarray]]:
+  """Reads a VideoPose3D `data_3d_h36m.npz`.
+
+  Args:
+    path: the `.npz` file.
+
+  Returns:
+    `{subject: {action: float32 [T, 32, 3]}}`, world coordinates in metres, in file order.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: the file lacks `positions_3d`, or an array has the wrong shape or non-finite values.
+  """
+  value, _ = _load_member(path, "positions_3d")
+  _check_nested_dict(value, path, "positions_3d")
+  out = {}
+  for subject, actions in value.items():
+    out[subject] = {}
+    for action, positions in actions.items():
+      where = f"{path}: positions_3d[{subject!r}][{action!r}]"
+      positions = _float_array(positions, where)
+      if positions.ndim != 3 or positions.shape[1:] != (NUM_JOINTS_32, 3):
+        raise ValueError(f"{where}: expected [T, {NUM_JOINTS_32}, 3] (the 32-joint Human3.6M "
+                         f"skeleton), found shape {positions.shape}")
+      _check_finite(positions, where)
+      out[subject][action] = positions.astype(np.float32, copy=False)
+  return out
+
+
+def _check_metadata(metadata, path) -> None:
+  """Rejects 2D files whose joints are not in the Human3.6M-17 order."""
+  if metadata is None:
+    return
+  if not isinstance(metadata, dict):
+    raise ValueError(f"{path}: 'metadata' must be a dict, found {type(metadata).__name__}")
+  layout = metadata.get("layout_name")
+  if layout is not None and layout != "h36m":
+    raise ValueError(f"{path}: metadata layout_name is {layout!r}; only the 'h36m' joint layout is "
+                     "supported (convert the keypoints to the Human3.6M-17 order first)")
+  num_joints = metadata.get("num_joints")
+  if num_joints is not None and int(num_joints) != skeleton.NUM_JOINTS:
+    raise ValueError(f"{path}: metadata num_joints is {num_joints}, expected {skeleton.NUM_JOINTS}")
+  symmetry = metadata.get("keypoints_symmetry")
+  if symmetry is not None:
+    found = tuple(tuple(int(j) for j in side) for side in symmetry)
+    if found != (skeleton.H36M_LEFT, skeleton.H36M_RIGHT):
+      raise ValueError(f"{path}: metadata keypoints_symmetry is {found}, expected "
+                       f"{(skeleton.H36M_LEFT, skeleton.H36M_RIGHT)} (Human3.6M-17 order)")
+
+
+def _read_camera_2d(array, where: str, plain_2d_var: float) -> np.ndarray:
+  """One camera's 2D as a GMM `[T, 17, K, 5]` (plain `[T, 17, 2]` becomes one kernel)."""
+  array = _float_array(array, where)
+  if array.ndim == 3 and array.shape[-1] == 2:
+    layout = "plain"
+  elif array.ndim == 4 and array.shape[-1] == GMM_CHANNELS:
+    layout = "gmm"
+  else:
+    raise ValueError(f"{where}: expected [T, 17, K, 5] (GMM: weight, u, v, var_u, var_v) or "
+                     f"[T, 17, 2] (plain 2D), found shape {array.shape}")
+  if array.shape[1] != skeleton.NUM_JOINTS:
+    raise ValueError(f"{where}: expected {skeleton.NUM_JOINTS} joints on axis 1, found shape "
+                     f"{array.shape}")
+  if layout == "gmm" and array.shape[2] < 1:
+    raise ValueError(f"{where}: the GMM has no kernels, shape {array.shape}")
+  _check_finite(array, where)
+  if layout == "plain":
+    gmm = np.empty(array.shape[:2] + (1, GMM_CHANNELS), dtype=array.dtype)
+    gmm[..., 0, 0] = 1
+    gmm[..., 0, 1:3] = array
+    gmm[..., 0, 3:5] = plain_2d_var
+    return gmm
+  weights = array[..., 0]
+  sums = weights.sum(axis=-1, dtype=np.float64)
+  bad = (weights < 0).any(axis=-1) | (np.abs(sums - 1) > _WEIGHT_SUM_TOLERANCE)
+  if bad.any():
+    frame, joint = (int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{where}: GMM weights must be >= 0 and sum to 1; frame {frame} joint {joint} "
+                     f"has weights {weights[frame, joint].tolist()}")
+  return array
+
+
+def load_positions_2d(path, *, plain_2d_var: float = 0.01
+                      ) -> tuple[dict[str, dict[str, list[np.ndarray]]], dict[str, Any] | None]:
+  """Reads a 2D keypoint file: DiffPose GMM or VideoPose3D plain 2D.
+
+  Args:
+    path: the `.npz` file.
+    plain_2d_var: the variance given to both image axes when a plain 2D file is promoted to a
+      one-kernel GMM (DiffPose uses the variances only as training noise scales).
+
+  Returns:
+    `({subject: {action: [one array per camera, [T_cam, 17, K, 5]]}}, metadata or None)`, in file
+    order. The last axis is `(weight, u_px, v_px, var_u, var_v)`; plain files give K = 1 with
+    weight 1. Arrays keep the file's float dtype.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: no `positions_2d`, a non-Human3.6M layout, a wrong shape, NaNs or bad GMM weights;
+      the message names the file, subject, action and camera.
+  """
+  if not np.isfinite(plain_2d_var) or plain_2d_var < 0:
+    raise ValueError(f"plain_2d_var must be a finite value >= 0, got {plain_2d_var}")
+  value, members = _load_member(path, "positions_2d")
+  metadata = members.get("metadata")
+  _check_metadata(metadata, path)
+  _check_nested_dict(value, path, "positions_2d")
+  out = {}
+  for subject, actions in value.items():
+    out[subject] = {}
+    for action, per_camera in actions.items():
+      where = f"{path}: positions_2d[{subject!r}][{action!r}]"
+      if not isinstance(per_camera, (list, tuple)):
+        raise ValueError(f"{where}: expected a list with one array per camera, found "
+                         f"{type(per_camera).__name__}")
+      out[subject][action] = [
+          _read_camera_2d(array, f"{where} camera {cam}", plain_2d_var)
+          for cam, array in enumerate(per_camera)]
+  return out, metadata
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrameSet:
+  """Flat per-frame arrays of one split, in upstream order (subject, action, camera, frame).
+
+  Attributes:
+    gmm_2d: float32 `[N, 17, K, 5]`: per joint K kernels of `(weight, u, v, var_u, var_v)`, with
+      u, v in normalised screen units and the variances as in the file.
+    target_3d: float32 `[N, 17, 3]`: camera-frame metres, root-relative.
+    action: int32 `[N]`: index into `ACTIONS`.
+    camera_params: float32 `[N, 4]`: DiffPose's `[fx, fy, cx, cy]` of the frame's camera.
+    subject: int32 `[N]`: index into `subjects`.
+    camera: int32 `[N]`: camera index 0..3.
+    sequence: int32 `[N]`: index into `sequence_names`.
+    frame: int32 `[N]`: frame number within the sequence.
+    subjects: the subjects, in the order they were requested.
+    sequence_names: 'subject/action name' of each sequence, e.g. 'S9/Directions 1'.
+  """
+  gmm_2d: np.ndarray
+  target_3d: np.ndarray
+  action: np.ndarray
+  camera_params: np.ndarray
+  subject: np.ndarray
+  camera: np.ndarray
+  sequence: np.ndarray
+  frame: np.ndarray
+  subjects: tuple[str, ...]
+  sequence_names: tuple[str, ...]
+
+  def __post_init__(self):
+    n = len(self.target_3d)
+    expected = {"gmm_2d": (n, skeleton.NUM_JOINTS, None, GMM_CHANNELS),
+                "target_3d": (n, skeleton.NUM_JOINTS, 3), "action": (n,),
+                "camera_params": (n, 4), "subject": (n,), "camera": (n,), "sequence": (n,),
+                "frame": (n,)}
+    for name, shape in expected.items():
+      found = getattr(self, name).shape
+      if len(found) != len(shape) or any(e is not None and e != f for e, f in zip(shape, found)):
+        raise ValueError(f"FrameSet.{name}: expected shape {shape} (None = any), found {found}")
+
+  def __len__(self) -> int:
+    return len(self.target_3d)
+
+  @property
+  def num_kernels(self) -> int:
+    return self.gmm_2d.shape[2]
+
+
+def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: float = 0.01,
+                   fixed_resolution: tuple[int, int] | None = None) -> FrameSet:
+  """Builds the per-frame dataset of some subjects as DiffPose's data pipeline does.
+
+  For each subject (in the given order), each action of the 2D file (in file order) and each of
+  the 4 cameras: the 17 joints are kept, the world poses go to that camera's frame, the 2D is cut
+  to the 3D length and its u, v are normalised with the camera's resolution; the targets are made
+  root-relative.
+
+  Args:
+    path_3d: VideoPose3D `data_3d_h36m.npz`.
+    path_2d: a GMM or plain 2D file (see `load_positions_2d`).
+    subjects: e.g. `TEST_SUBJECTS`.
+    plain_2d_var: the variance a plain 2D file gets (see `load_positions_2d`).
+    fixed_resolution: `(w, h)` to normalise every camera with, instead of each camera's own
+      resolution; the ICASSP'24 pipeline uses `(1000, 1000)`.
+
+  Returns:
+    The `FrameSet`.
+
+  Raises:
+    FileNotFoundError: a file is missing.
+    ValueError: a subject or sequence is missing from a file, a camera list does not have 4
+      entries, a 2D sequence is shorter than its 3D sequence, or a file is malformed.
+  """
+  subjects = tuple(subjects)
+  if not subjects:
+    raise ValueError("load_frame_set: no subjects given")
+  if fixed_resolution is not None and (len(fixed_resolution) != 2 or min(fixed_resolution) <= 0):
+    raise ValueError(f"fixed_resolution must be (w, h) > 0, got {fixed_resolution}")
+  positions_3d = load_positions_3d(path_3d)
+  positions_2d, _ = load_positions_2d(path_2d, plain_2d_var=plain_2d_var)
+  kernels = {array.shape[2] for actions in positions_2d.values()
+             for arrays in actions.values() for array in arrays}
+  if len(kernels) > 1:
+    raise ValueError(f"{path_2d}: the sequences have different kernel counts K {sorted(kernels)}")
+
+  # First pass: check everything and list the (sequence, camera) blocks in upstream order.
+  blocks = []  # (subject index, sequence index, camera index, camera, label, world [T, 17, 3], 2D)
+  sequence_names = []
+  for subject_index, subject in enumerate(subjects):
+    for path, data in ((path_3d, positions_3d), (path_2d, positions_2d)):
+      if subject not in data:
+        raise ValueError(f"{path}: no data for subject {subject!r}; the file has {list(data)}")
+    subject_cameras = cameras.h36m_cameras(subject)
+    missing = [a for a in positions_3d[subject] if a not in positions_2d[subject]]
+    if missing:
+      raise ValueError(f"{path_2d}: subject {subject!r} has no 2D for the 3D sequence(s) {missing}")
+    for action, per_camera in positions_2d[subject].items():
+      if action not in positions_3d[subject]:
+        raise ValueError(f"{path_3d}: subject {subject!r} has no 3D sequence {action!r}, which the "
+                         f"2D file {path_2d} has")
+      label = ACTIONS.index(action_class(action))
+      if len(per_camera) != NUM_CAMERAS:
+        raise ValueError(f"{path_2d}: positions_2d[{subject!r}][{action!r}] has {len(per_camera)} "
+                         f"camera arrays, expected {NUM_CAMERAS}")
+      world = positions_3d[subject][action][:, skeleton.H36M32_TO_17]
+      for camera_index, (cam, gmm) in enumerate(zip(subject_cameras, per_camera)):
+        if len(gmm) < len(world):
+          raise ValueError(
+              f"{path_2d}: positions_2d[{subject!r}][{action!r}] camera {camera_index} has "
+              f"{len(gmm)} frames but the 3D sequence in {path_3d} has {len(world)}; the 2D must "
+              "be at least as long")
+        blocks.append((subject_index, len(sequence_names), camera_index, cam, label, world, gmm))
+      sequence_names.append(f"{subject}/{action}")
+
+  # Second pass: fill preallocated arrays (the real training set's GMMs take ~1.6 GB).
+  num = sum(len(world) for *_, world, _ in blocks)
+  if not num:
+    raise ValueError(f"{path_2d}: no frames for subjects {subjects}")
+  arrays = {
+      "gmm_2d": np.empty((num, skeleton.NUM_JOINTS, kernels.pop(), GMM_CHANNELS), np.float32),
+      "target_3d": np.empty((num, skeleton.NUM_JOINTS, 3), np.float32),
+      "camera_params": np.empty((num, 4), np.float32),
+      **{name: np.empty(num, np.int32)
+         for name in ("action", "subject", "camera", "sequence", "frame")}}
+  start = 0
+  for subject_index, sequence_index, camera_index, cam, label, world, gmm in blocks:
+    rows = slice(start, start + len(world))
+    # Longer 2D sequences are cut to the 3D length, as upstream does.
+    gmm = gmm[:len(world)]
+    w, h = fixed_resolution or (cam.res_w, cam.res_h)
+    arrays["gmm_2d"][rows] = gmm
+    arrays["gmm_2d"][rows, ..., 1:3] = cameras.normalize_screen_coordinates(gmm[..., 1:3], w, h)
+    arrays["target_3d"][rows] = skeleton.root_relative(cameras.world_to_camera(world, cam))
+    arrays["camera_params"][rows] = cameras.normalized_intrinsics(cam)
+    arrays["action"][rows] = label
+    arrays["subject"][rows] = subject_index
+    arrays["camera"][rows] = camera_index
+    arrays["sequence"][rows] = sequence_index
+    arrays["frame"][rows] = np.arange(len(world))
+    start = rows.stop
+  return FrameSet(**arrays, subjects=subjects, sequence_names=tuple(sequence_names))
+
+
+def choose_kernel(gmm_2d, rng: np.random.Generator | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Picks one GMM kernel per joint: its mean as the 2D input and its variance as noise scale.
+
+  Args:
+    gmm_2d: `[..., 17, K, 5]` kernels `(weight, u, v, var_u, var_v)`.
+    rng: None for the deterministic choice, the kernel with the largest weight (the first one on
+      ties). That equals upstream's `np.random.choice(K, p=weights)` whenever the weights are
+      one-hot, as in the released DiffPose files (always kernel 0) and the parity fixture. With a
+      generator, one kernel per joint is drawn with probability proportional to its weight, as
+      upstream does in training.
+
+  Returns:
+    `(uv [..., 17, 2], var [..., 17, 2])` in the input's dtype.
+  """
+  gmm = np.asarray(gmm_2d)
+  if gmm.ndim < 3 or gmm.shape[-1] != GMM_CHANNELS or gmm.shape[-3] != skeleton.NUM_JOINTS:
+    raise ValueError(f"choose_kernel: expected [..., {skeleton.NUM_JOINTS}, K, {GMM_CHANNELS}], "
+                     f"got shape {gmm.shape}")
+  weights = gmm[..., 0]
+  if rng is None:
+    index = np.argmax(weights, axis=-1)
+  else:
+    cdf = np.cumsum(weights, axis=-1, dtype=np.float64)
+    draw = rng.random(weights.shape[:-1] + (1,)) * cdf[..., -1:]
+    index = np.minimum((draw >= cdf).sum(axis=-1), weights.shape[-1] - 1)
+  chosen = np.take_along_axis(gmm, index[..., None, None], axis=-2)[..., 0, :]
+  return chosen[..., 1:3], chosen[..., 3:5]

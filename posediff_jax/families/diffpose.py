@@ -1,0 +1,151 @@
+"""DiffPose (CVPR 2023): a GCN lifter's 3D guess refined by a few DDIM steps of a GCN denoiser.
+
+Evaluation (spec §A.3): lift the 2D, root-subtract, stack [u, v, x, y, z] per joint, treat that clean
+state as x_t at the largest sampler step and run deterministic DDIM down to t = 0; read out xyz.
+Training: the denoiser learns to predict GMM-scaled noise on [u, v, x, y, z]; our lifter recipe (upstream
+released none) is plain MPJPE regression.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from posediff_jax import metrics
+from posediff_jax import safe_load
+from posediff_jax.convert import common as convert_common
+from posediff_jax.convert import diffpose as convert_diffpose
+from posediff_jax.diffusion import ddim
+from posediff_jax.diffusion import schedules
+from posediff_jax.models import diffpose as models
+
+STAGES = ("lifter", "denoiser")
+
+
+def lifter_module(config) -> models.GCNLifter:
+  return models.lifter_from_config(config.lifter)
+
+
+def denoiser_module(config) -> models.GCNDenoiser:
+  return models.denoiser_from_config(config.model)
+
+
+def checkpoint_meta(config) -> dict:
+  """What a checkpoint records about its model, checked against the config when it is loaded."""
+  sizes = ("hid_dim", "num_layers", "n_head")
+  return {"family": "diffpose", "model": {k: config.model[k] for k in sizes},
+          "lifter": {k: config.lifter[k] for k in sizes}}
+
+
+def convert(config, denoiser_path, lifter_path) -> tuple[dict, dict[str, list[str]]]:
+  """Released torch checkpoints -> ({'lifter': ..., 'denoiser': ...}, {part: unused torch keys}).
+
+  Both files are upstream's lists; element 0 (the live weights) is what upstream evaluates.
+  """
+  if not lifter_path:
+    raise ValueError("DiffPose needs both files: --checkpoint (denoiser, diffpose_uvxyz_*.pth) and "
+                     "--lifter (gcn_xyz_*.pth)")
+  den_sd = convert_common.extract_state_dict(safe_load.load_torch_checkpoint(denoiser_path),
+                                             denoiser_path)
+  lift_sd = convert_common.extract_state_dict(safe_load.load_torch_checkpoint(lifter_path),
+                                              lifter_path)
+  denoiser, den_report = convert_diffpose.convert_denoiser(den_sd, config.model,
+                                                          source=str(denoiser_path))
+  lifter, lift_report = convert_diffpose.convert_lifter(lift_sd, config.lifter,
+                                                       source=str(lifter_path))
+  return ({"lifter": lifter, "denoiser": denoiser},
+          {"lifter": list(lift_report.unused), "denoiser": list(den_report.unused)})
+
+
+def init_params(config, key) -> dict:
+  """Fresh parameters {'lifter': ..., 'denoiser': ...}."""
+  k_lift, k_den = jax.random.split(key)
+  lifter = lifter_module(config).init(k_lift, jnp.zeros((1, 17, 2), jnp.float32))["params"]
+  denoiser = denoiser_module(config).init(
+      k_den, jnp.zeros((1, 17, config.model.coords_dim), jnp.float32), jnp.zeros((1,), jnp.float32))
+  return {"lifter": lifter, "denoiser": denoiser["params"]}
+
+
+def sampler_timesteps(config) -> tuple[int, ...]:
+  """Upstream `seq` for the uniform skip: range(0, T_test, T_test // steps), e.g. (0, 12)."""
+  c = config.sampling
+  if c.num_steps < 1 or c.timestep_range < c.num_steps:
+    raise ValueError(f"sampling.timestep_range ({c.timestep_range}) must be >= sampling.num_steps "
+                     f"({c.num_steps}) >= 1")
+  seq = tuple(range(0, c.timestep_range, c.timestep_range // c.num_steps))
+  if seq[-1] >= config.diffusion.num_steps:
+    raise ValueError(f"sampler step {seq[-1]} is outside the {config.diffusion.num_steps}-step schedule")
+  return seq
+
+
+def betas(config) -> jax.Array:
+  c = config.diffusion
+  if c.beta_schedule != "linear":
+    raise ValueError(f"DiffPose uses a linear beta schedule, got diffusion.beta_schedule={c.beta_schedule!r}")
+  return schedules.linear_betas(c.beta_start, c.beta_end, c.num_steps)
+
+
+def root_subtract(xyz: jax.Array, upstream_aliasing: bool = False) -> jax.Array:
+  """[..., J, 3] -> root-relative; optionally as upstream's aliased in-place op behaves on CPU."""
+  if upstream_aliasing:
+    # Upstream quirk (spec §0.4): `a[:, :, :] -= a[:, :1, :]` on CPU zeroes the root and nothing else.
+    return xyz.at[..., 0, :].set(0.0)
+  return xyz - xyz[..., :1, :]
+
+
+def predict(config, params, input_2d: jax.Array, key=None, noise=None, return_trajectory=False):
+  """The whole upstream evaluation pipeline for one batch.
+
+  Args:
+    config: the experiment config (model sizes, sampling, eval flags).
+    params: {'lifter': ..., 'denoiser': ...}.
+    input_2d: [B, 17, 2] normalised 2D keypoints.
+    key: PRNG key for eta > 0 (unused with upstream's eta = 0).
+    noise: optional injected sampler noise [K, H*B, 17, 5] (replays a recorded run).
+    return_trajectory: also return the sampler's states and x0 predictions.
+
+  Returns:
+    [B, 17, 3] root-relative 3D in metres (and the trajectory dict if asked).
+  """
+  aliasing = config.eval.upstream_root_aliasing
+  hyp = config.sampling.hypotheses
+  xyz = lifter_module(config).apply({"params": params["lifter"]}, input_2d)
+  xyz = root_subtract(xyz, aliasing)
+  x_start = ddim.repeat_hypotheses(jnp.concatenate([input_2d, xyz], axis=-1), hyp)
+  denoiser = denoiser_module(config)
+
+  def denoise(x, t):
+    return denoiser.apply({"params": params["denoiser"]}, x, t)
+
+  out = ddim.ddim_sample(
+      denoise, x_start, sampler_timesteps(config), schedules.alpha_bars_with_start(betas(config)),
+      eta=config.sampling.eta, key=key, noise=noise, return_trajectory=return_trajectory)
+  x_final = out[0] if return_trajectory else out
+  pred = root_subtract(ddim.mean_over_hypotheses(x_final, hyp)[..., 2:5], aliasing)
+  if return_trajectory:
+    return pred, {"x_start": x_start, "xs": out[1], "x0_preds": out[2]}
+  return pred
+
+
+def lifter_loss(config, lifter_params, batch, key) -> jax.Array:
+  """MPJPE of the root-subtracted lifter output (our recipe; upstream released none)."""
+  xyz = lifter_module(config).apply({"params": lifter_params}, batch["input_2d"], deterministic=False,
+                                    rngs={"dropout": key})
+  squared = jnp.sum(jnp.square(root_subtract(xyz) - batch["target_3d"]), axis=-1)
+  # The root's error is exactly 0 after root subtraction, where sqrt has an infinite gradient.
+  return jnp.mean(jnp.sqrt(squared + 1e-12))
+
+
+def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
+  """Upstream's objective (spec §A.3): squared error of the GMM-scaled noise, summed per pose."""
+  x0 = jnp.concatenate([batch["input_2d"], batch["target_3d"]], axis=-1)
+  noise_scale = jnp.concatenate(
+      [batch["input_2d_var"], jnp.ones_like(batch["target_3d"])], axis=-1)
+  k_t, k_noise, k_drop = jax.random.split(key, 3)
+  t = schedules.antithetic_timesteps(k_t, x0.shape[0], config.diffusion.num_steps)
+  noise = jax.random.normal(k_noise, x0.shape, x0.dtype) * noise_scale
+  x_t = schedules.q_sample(x0, t, noise, schedules.alpha_bars(betas(config)))
+  eps = denoiser_module(config).apply({"params": denoiser_params}, x_t, t.astype(jnp.float32),
+                                      deterministic=False, rngs={"dropout": k_drop})
+  return jnp.mean(jnp.sum(jnp.square(noise - eps), axis=(-2, -1)))
+
+
+LOSSES = {"lifter": lifter_loss, "denoiser": denoiser_loss}

@@ -1,0 +1,234 @@
+"""The training loop: stages, sharded jitted steps, orbax checkpoints with the data iterator, evaluation.
+
+A run trains the family's stages in order over one global step counter (DiffPose: `lifter` for
+`train.lifter_steps`, then `denoiser` for `train.steps`). The state is a plain dict pytree:
+
+  {'step': int32 [], 'rng': key data, 'params': {stage: ...}, 'opt_state': {stage: ...},
+   'ema_params': {stage: ...}}
+
+Every checkpoint holds that state and the grain iterator state, so a resumed run continues exactly where
+the interrupted one stopped. Parameters are replicated and batches sharded over a 1-D `data` mesh of all
+devices.
+"""
+
+import functools
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import grain
+
+from posediff_jax import checkpoint
+from posediff_jax import evaluation
+from posediff_jax import families
+from posediff_jax import summary
+from posediff_jax.data import pipeline
+
+P = jax.sharding.PartitionSpec
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def stage_plan(config, steps_per_epoch: int) -> list[tuple[str, int]]:
+  """[(stage, number of steps)] in training order; stages with 0 steps are left out."""
+  t = config.train
+  lifter = t.lifter_steps if t.lifter_steps > 0 else t.lifter_epochs * steps_per_epoch
+  denoiser = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
+  return [(name, n) for name, n in (("lifter", lifter), ("denoiser", denoiser)) if n > 0]
+
+
+def learning_rate(config, stage: str, steps_per_epoch: int):
+  """Upstream's staircase: lr0 * gamma ** ((epoch - 1) // decay) from epoch 1 on (spec §A.8)."""
+  t = config.train
+  lr0 = t.lifter_lr if stage == "lifter" else t.lr
+
+  def schedule(count):
+    epoch = count // steps_per_epoch
+    # Upstream decays after finishing epoch e with e % decay == 0 (so epochs 0..60 keep lr0).
+    return lr0 * t.lr_gamma ** (jnp.maximum(epoch - 1, 0) // t.lr_decay_epochs)
+
+  return schedule
+
+
+def make_optimizer(config, stage: str, steps_per_epoch: int) -> optax.GradientTransformation:
+  t = config.train
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip),
+      optax.adam(learning_rate(config, stage, steps_per_epoch), b1=0.9, b2=0.999, eps=t.adam_eps))
+
+
+def init_state(config, params, optimizers) -> dict:
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "rng": jax.random.key_data(jax.random.key(config.seed)),
+      "params": params,
+      "opt_state": {name: tx.init(params[name]) for name, tx in optimizers.items()},
+      # A copy: the jitted step donates the state, and one buffer cannot be donated twice.
+      "ema_params": jax.tree.map(lambda x: jnp.array(x, copy=True), params),
+  }
+
+
+def make_train_step(config, stage: str, optimizer, loss_fn):
+  """A pure `(state, batch) -> (state, measurements)` that updates only `stage`'s parameters."""
+  ema_rate = config.train.ema_rate
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    params = state["params"][stage]
+    loss, grads = jax.value_and_grad(functools.partial(loss_fn, config))(params, batch, key)
+    updates, opt_state = optimizer.update(grads, state["opt_state"][stage], params)
+    params = optax.apply_updates(params, updates)
+    ema = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+                       state["ema_params"][stage], params)
+    new_state = {
+        "step": state["step"] + 1, "rng": state["rng"],
+        "params": {**state["params"], stage: params},
+        "opt_state": {**state["opt_state"], stage: opt_state},
+        "ema_params": {**state["ema_params"], stage: ema},
+    }
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  return train_step
+
+
+
+
+def _global_batch(local_batch: dict, sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def train_and_evaluate(config, workdir) -> dict:
+  """Trains `config`'s model into `workdir` (resuming if it holds a checkpoint) and evaluates it."""
+  workdir = pathlib.Path(workdir)
+  is_main = jax.process_index() == 0
+  family = families.get(config.family)
+  mesh = make_mesh()
+  n_dev = jax.device_count()
+  if config.train.batch_size % n_dev:
+    raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
+                     f"{n_dev} devices of the mesh")
+  repl = jax.sharding.NamedSharding(mesh, P())
+  data_sharding = jax.sharding.NamedSharding(mesh, P("data"))
+  local_batch = config.train.batch_size // jax.process_count()
+
+  train_frames = evaluation.load_split(config, "train")
+  test_frames = evaluation.load_split(config, "test")
+  steps_per_epoch = len(train_frames.target_3d) // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"train.batch_size={config.train.batch_size} exceeds the "
+                     f"{len(train_frames.target_3d)} training frames")
+  plan = stage_plan(config, steps_per_epoch)
+  if not plan:
+    raise ValueError("nothing to train: set train.steps/epochs (and/or train.lifter_steps/epochs)")
+  total_steps = sum(n for _, n in plan)
+  optimizers = {name: make_optimizer(config, name, steps_per_epoch) for name in family.STAGES}
+
+  params = family.init_params(config, jax.random.key(config.seed))
+  if config.train.lifter_checkpoint:
+    loaded, meta, _ = checkpoint.load_model(config.train.lifter_checkpoint)
+    evaluation.check_checkpoint_matches(config, {"family": meta.get("family"),
+                                                 "lifter": meta.get("lifter")},
+                                        config.train.lifter_checkpoint)
+    params["lifter"] = jax.tree.map(jnp.asarray, loaded["lifter"])
+  elif not any(stage == "lifter" for stage, _ in plan):
+    raise ValueError("DiffPose needs a lifter for evaluation: pass --config.train.lifter_checkpoint=DIR "
+                     "(e.g. the converted gcn_xyz_cpn.pth) or train one with "
+                     "--config.train.lifter_steps=N")
+  state = jax.device_put(init_state(config, params, optimizers), repl)
+
+  dataset = pipeline.train_dataset(
+      train_frames, batch_size=local_batch, seed=config.seed, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), worker_count=config.data.worker_count)
+  data_iter = iter(dataset)
+
+  ckpt = checkpoint.manager(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  writer = summary.MetricWriter(workdir, enabled=is_main)
+  if ckpt.latest_step() is not None:
+    step0 = ckpt.latest_step()
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = ckpt.restore(step0, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
+    state = restored["state"]
+    if is_main:
+      print(f"resumed from {workdir / 'checkpoints'} step {step0}", flush=True)
+  else:
+    writer.write_config(json.loads(config.to_json_best_effort()))
+
+  steps = {name: jax.jit(make_train_step(config, name, optimizers[name], family.LOSSES[name]),
+                         out_shardings=(repl, repl), donate_argnums=0)
+           for name, _ in plan}
+
+  def save(step):
+    ckpt.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+        meta=ocp.args.JsonSave({**family.checkpoint_meta(config), "source": "train.py"})), force=True)
+
+  def quick_eval(step):
+    table = evaluation.evaluate(config, state["params"], test_frames,
+                                max_batches=config.train.eval_max_batches, progress=False)
+    p1, p2 = table.averages()
+    writer.write_scalars(step, {"eval/mpjpe_mm": p1, "eval/p_mpjpe_mm": p2})
+    if is_main:
+      print(f"step {step}: eval MPJPE {p1:.2f} mm, P-MPJPE {p2:.2f} mm", flush=True)
+
+  if config.train.eval_at_start and int(state["step"]) == 0:
+    quick_eval(0)
+  eval_every = config.train.eval_every or steps_per_epoch
+  ckpt_every = config.train.checkpoint_every or steps_per_epoch
+  step = int(state["step"])
+  bar = summary.ProgressBar(total_steps, "train", enabled=is_main, initial=step)
+  t_last, step_last = time.time(), step
+  while step < total_steps:
+    stage_start = 0
+    for stage, n in plan:
+      if step < stage_start + n:
+        break
+      stage_start += n
+    batch = _global_batch(next(data_iter), data_sharding)
+    state, measured = steps[stage](state, batch)
+    step += 1
+    bar.update(1)
+    if step % config.train.log_every == 0 or step == total_steps:
+      measured = jax.device_get(measured)
+      if not np.isfinite(measured["loss"]):
+        raise FloatingPointError(f"loss is {measured['loss']} at step {step} ({stage} stage)")
+      elapsed = time.time() - t_last
+      rate = (step - step_last) * config.train.batch_size / max(elapsed, 1e-9)
+      scalars = {f"train/{stage}_loss": float(measured["loss"]),
+                 f"train/{stage}_grad_norm": float(measured["grad_norm"]),
+                 "train/examples_per_s": rate,
+                 "train/step_time_s": elapsed / max(step - step_last, 1)}
+      writer.write_scalars(step, scalars)
+      if is_main:
+        bar.write(f"step {step}/{total_steps} [{stage}] loss {scalars[f'train/{stage}_loss']:.5f} "
+                  f"({rate:.0f} examples/s, {scalars['train/step_time_s'] * 1e3:.1f} ms/step)")
+      t_last, step_last = time.time(), step
+    if step % ckpt_every == 0 or step == total_steps:
+      save(step)
+    # The lifter is trained (or loaded) by the time the denoiser stage runs, so evaluation makes sense.
+    if stage == "denoiser" and step % eval_every == 0 and step != total_steps:
+      quick_eval(step)
+  bar.close()
+  ckpt.wait_until_finished()
+  ckpt.close()
+
+  table = evaluation.evaluate(config, state["params"], test_frames, progress=is_main)
+  p1, p2 = table.averages()
+  writer.write_scalars(total_steps, {"eval/mpjpe_mm": p1, "eval/p_mpjpe_mm": p2})
+  writer.close()
+  result = {"step": total_steps, "results": table.to_dict()}
+  if is_main:
+    print(table.format_table(), flush=True)
+    (workdir / "eval_results.json").write_text(json.dumps(result, indent=2))
+  return result

@@ -1,0 +1,30 @@
+r"""Trains a model family from a config.
+
+  python train.py --config configs/demo.py --workdir runs/demo
+  python train.py --config configs/diffpose_h36m.py:cpn --workdir runs/diffpose_cpn \
+      --config.train.lifter_checkpoint=checkpoints/diffpose_cpn
+
+Re-running the same command resumes from the newest checkpoint in WORKDIR/checkpoints.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from posediff_jax import runtime
+from posediff_jax import training
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  runtime.initialize()
+  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
