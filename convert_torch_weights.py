@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from posediff_jax import checkpoint
 from posediff_jax import families
+from posediff_jax import runtime
 
 _FAMILY = flags.DEFINE_enum("family", None, list(families.FAMILIES), "Model family of the checkpoint.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The denoiser checkpoint (.pth / .bin).")
@@ -30,6 +31,7 @@ flags.mark_flags_as_required(["family", "checkpoint", "output"])
 
 def main(argv):
   del argv
+  runtime.initialize()
   config = _CONFIG.value
   if config.family != _FAMILY.value:
     raise app.UsageError(f"--family {_FAMILY.value} but --config is for {config.family!r}")
@@ -47,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runtime.run(main)
