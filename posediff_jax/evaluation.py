@@ -53,7 +53,7 @@ def _errors(pred, target):
 
 
 def evaluate(config, params, frames: h36m.FrameSet, *, max_batches: int = 0,
-             progress: bool = True) -> metrics.ActionErrorTable:
+             progress: bool = True, predict_fn=None) -> metrics.ActionErrorTable:
   """Runs the family's pipeline over `frames` and accumulates the per-action errors.
 
   Args:
@@ -62,11 +62,13 @@ def evaluate(config, params, frames: h36m.FrameSet, *, max_batches: int = 0,
     frames: the test set.
     max_batches: > 0 stops after that many batches (quick checks during training).
     progress: show a progress bar on stderr.
+    predict_fn: `make_predict_fn(config)`'s result, for callers that evaluate repeatedly: each new
+      one compiles again.
 
   Returns:
     The filled `ActionErrorTable`.
   """
-  predict = make_predict_fn(config)
+  predict = predict_fn or make_predict_fn(config)
   table = metrics.ActionErrorTable(upstream_p2_batch_mean=config.eval.upstream_p2_batch_mean)
   batches, num_batches = pipeline.eval_batches(frames, config.eval.batch_size)
   if max_batches > 0:

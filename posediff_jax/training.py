@@ -133,17 +133,21 @@ def train_and_evaluate(config, workdir) -> dict:
   total_steps = sum(n for _, n in plan)
   optimizers = {name: make_optimizer(config, name, steps_per_epoch) for name in family.STAGES}
 
-  params = family.init_params(config, jax.random.key(config.seed))
+  # The lifter checkpoint is checked before the (slow) parameter init, so a wrong one fails at once.
+  lifter = None
   if config.train.lifter_checkpoint:
     loaded, meta, _ = checkpoint.load_model(config.train.lifter_checkpoint)
     evaluation.check_checkpoint_matches(config, {"family": meta.get("family"),
                                                  "lifter": meta.get("lifter")},
                                         config.train.lifter_checkpoint)
-    params["lifter"] = jax.tree.map(jnp.asarray, loaded["lifter"])
+    lifter = loaded["lifter"]
   elif not any(stage == "lifter" for stage, _ in plan):
     raise ValueError("DiffPose needs a lifter for evaluation: pass --config.train.lifter_checkpoint=DIR "
                      "(e.g. the converted gcn_xyz_cpn.pth) or train one with "
                      "--config.train.lifter_steps=N")
+  params = family.init_params(config, jax.random.key(config.seed))
+  if lifter is not None:
+    params["lifter"] = jax.tree.map(jnp.asarray, lifter)
   state = jax.device_put(init_state(config, params, optimizers), repl)
 
   dataset = pipeline.train_dataset(
@@ -174,8 +178,10 @@ def train_and_evaluate(config, workdir) -> dict:
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
         meta=ocp.args.JsonSave({**family.checkpoint_meta(config), "source": "train.py"})), force=True)
 
+  predict = evaluation.make_predict_fn(config)  # one compilation for every evaluation of the run
+
   def quick_eval(step):
-    table = evaluation.evaluate(config, state["params"], test_frames,
+    table = evaluation.evaluate(config, state["params"], test_frames, predict_fn=predict,
                                 max_batches=config.train.eval_max_batches, progress=False)
     p1, p2 = table.averages()
     writer.write_scalars(step, {"eval/mpjpe_mm": p1, "eval/p_mpjpe_mm": p2})
@@ -223,7 +229,8 @@ def train_and_evaluate(config, workdir) -> dict:
   ckpt.wait_until_finished()
   ckpt.close()
 
-  table = evaluation.evaluate(config, state["params"], test_frames, progress=is_main)
+  table = evaluation.evaluate(config, state["params"], test_frames, predict_fn=predict,
+                              progress=is_main)
   p1, p2 = table.averages()
   writer.write_scalars(total_steps, {"eval/mpjpe_mm": p1, "eval/p_mpjpe_mm": p2})
   writer.close()

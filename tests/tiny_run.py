@@ -1,0 +1,106 @@
+"""A tiny DiffPose run shared by the training, sharding and CLI tests; fresh interpreters for them.
+
+Those tests start new Python processes: the command-line tools as a user types them, and code that
+needs its own JAX start-up (a simulated device count, a compilation cache). All of them compile the
+same few small programs, and on 2 CPU cores one train step takes 5-20 s to compile, so the processes
+of one pytest session share a persistent XLA compilation cache. The cache only changes how long a
+run takes, never what it computes.
+
+Run as a module, it trains a sequence of tiny runs in one process (used by tests/test_training.py):
+
+  python -m tests.tiny_run DATA_ROOT '[{"workdir": "...", "overrides": {"train.steps": 3}}, ...]'
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+# Small enough to compile in seconds and train a few steps in well under one; every other setting is
+# configs/demo.py's. The data (see `tiny_data`) gives 4800 training frames: 150 batches of 32.
+OVERRIDES = {
+    "model.hid_dim": 16, "model.num_layers": 1, "lifter.hid_dim": 16, "lifter.num_layers": 1,
+    "train.batch_size": 32, "train.lifter_steps": 2, "train.steps": 2, "train.log_every": 1,
+    "train.checkpoint_every": 2, "train.eval_at_start": False, "eval.batch_size": 512,
+}
+# Frames per synthetic sequence: 7 subjects x 15 actions x 4 cameras x 16 frames, generated in ~1 s.
+FRAMES_PER_SEQUENCE = 16
+
+
+def session_dir(tmp_path_factory, name: str) -> pathlib.Path:
+  """A folder shared by every test module of this pytest session."""
+  path = tmp_path_factory.getbasetemp() / name
+  path.mkdir(exist_ok=True)
+  return path
+
+
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+  """The session's tiny synthetic Human3.6M-layout data set (all subjects and actions)."""
+  from posediff_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
+  root = session_dir(tmp_path_factory, "tiny_data")
+  synthetic.ensure_synthetic_data(root, frames_per_sequence=FRAMES_PER_SEQUENCE)
+  return root
+
+
+def config_flags(overrides: dict | None = None) -> list[str]:
+  """`OVERRIDES` (updated by `overrides`) as `--config.x.y=v` command-line flags."""
+  return [f"--config.{k}={v}" for k, v in {**OVERRIDES, **(overrides or {})}.items()]
+
+
+def tiny_config(data_root, overrides: dict | None = None):
+  """configs/demo.py with `OVERRIDES` (updated by `overrides`), reading data from `data_root`."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+
+  config = demo.get_config()
+  config.data.root = str(data_root)
+  for dotted, value in {**OVERRIDES, **(overrides or {})}.items():
+    *sections, field = dotted.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  return config
+
+
+def python(args: list[str], *, cache_dir, devices: int | None = None, timeout: float = 600,
+           check: bool = True) -> subprocess.CompletedProcess:
+  """Runs `python ARGS` in the repository root on CPU, sharing the XLA compilation cache.
+
+  Args:
+    args: the interpreter's arguments, e.g. ["train.py", "--config", ...] or ["-c", code].
+    cache_dir: the persistent compilation cache folder (see the module docstring).
+    devices: simulate this many CPU devices (`--xla_force_host_platform_device_count`).
+    timeout: seconds before the process is killed and the test fails.
+    check: fail the test, showing stdout and stderr, unless the process exits with status 0.
+
+  Returns:
+    The finished process, with text `stdout` and `stderr`.
+  """
+  env = {k: v for k, v in os.environ.items() if k != "POSEDIFF_TRACEBACK"}
+  env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  if devices is not None:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}").strip()
+  proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"python {' '.join(map(str, args))} exited with {proc.returncode}\n"
+                         f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+  return proc
+
+
+def _train_jobs(data_root: str, jobs: list[dict]) -> None:
+  from posediff_jax import training  # pylint: disable=g-import-not-at-top
+
+  for job in jobs:
+    training.train_and_evaluate(tiny_config(data_root, job.get("overrides")), job["workdir"])
+
+
+if __name__ == "__main__":
+  _train_jobs(sys.argv[1], json.loads(sys.argv[2]))
