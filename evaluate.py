@@ -4,6 +4,8 @@ r"""Evaluates a checkpoint on the config's test split and prints the per-action 
       --output results/diffpose_cpn.json
 
 CHECKPOINT is a directory written by convert_torch_weights.py or a train.py workdir.
+A multi-process job (one process per host) adds --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I, or sets POSEDIFF_DISTRIBUTED=1 on TPU pods, Slurm and OpenMPI (README: Scaling).
 """
 
 from absl import app

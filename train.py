@@ -5,6 +5,9 @@ r"""Trains a model family from a config.
       --config.train.lifter_checkpoint=checkpoints/diffpose_cpn
 
 Re-running the same command resumes from the newest checkpoint in WORKDIR/checkpoints.
+A multi-process job (one process per host) adds --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I, or sets POSEDIFF_DISTRIBUTED=1 on TPU pods, Slurm and OpenMPI (README: Scaling).
+SIGTERM (preemption) saves a checkpoint at the current step and exits with status 0.
 """
 
 from absl import app

@@ -85,6 +85,14 @@ def get_config(arg=None):
   c.train.eval_every = 0  # steps; 0 = at the end of every epoch
   c.train.checkpoint_every = 0  # steps; 0 = at the end of every epoch
   c.train.keep_checkpoints = 3
+  # batch_size is the global batch of one optimizer step. With grad_accum_steps = k it is split into
+  # k micro-batches (rows i, i + k, ...) whose gradients are averaged: the update equals one step on
+  # the whole batch when the loss is a batch mean and has no randomness (dropout and diffusion noise
+  # are drawn per micro-batch). batch_size must divide by k x the number of devices.
+  c.train.grad_accum_steps = 1
+  # "bfloat16" runs the forward and backward passes in bfloat16; parameters, optimizer state and
+  # EMA stay float32.
+  c.train.compute_dtype = "float32"
   c.train.eval_at_start = False  # evaluate the untrained model first (a baseline for the log)
   c.train.eval_max_batches = 0  # > 0 evaluates only the first batches during training
   return c

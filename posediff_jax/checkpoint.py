@@ -13,8 +13,9 @@ A checkpoint directory is an orbax `CheckpointManager` directory whose steps hol
 
 import logging
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
 
 # Orbax logs a warning for every item a partial restore leaves out; those are expected here.
@@ -66,11 +67,51 @@ def load_model(directory, *, use_ema: bool = False) -> tuple[dict[str, Any], dic
   step = mngr.latest_step()
   if step is None:
     raise FileNotFoundError(f"{path} holds no complete checkpoint step")
+  # A checkpoint written over other devices (8 GPUs, a pod) is read onto this process's first one.
+  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(fallback_sharding=fallback), meta=ocp.args.JsonRestore()))
   mngr.close()
   state, meta = restored["state"], restored["meta"] or {}
   key = "ema_params" if use_ema else "params"
   if key not in state:
     raise KeyError(f"{path} step {step} has no {key!r} (items: {sorted(state)})")
   return state[key], meta, step
+
+
+def restore_newest_intact(mngr: ocp.CheckpointManager, restore: Callable[[int], Any],
+                          *, is_main: bool = True) -> tuple[int | None, Any]:
+  """Restores the newest step that reads back whole, setting damaged newer steps aside.
+
+  Orbax lists only committed steps, but a committed step can still be damaged (a disk filled up, a
+  file truncated by a copy). Such a step is renamed to `damaged_<step>` (so a resumed run can write
+  that step again) and the previous one is tried.
+
+  Args:
+    mngr: the manager over the checkpoint directory.
+    restore: `restore(step)` returns the restored items or raises if the step is unreadable.
+    is_main: whether this process renames damaged steps (process 0 of a multi-process job).
+
+  Returns:
+    (step, restored items), or (None, None) when the directory holds no readable step.
+  """
+  damaged = False
+  try:
+    for step in sorted(mngr.all_steps(), reverse=True):
+      try:
+        return step, restore(step)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the previous one",
+                        step, mngr.directory, type(e).__name__, str(e)[:300])
+        path = pathlib.Path(mngr.directory) / str(step)
+        if is_main and path.exists():
+          target = path.with_name(f"damaged_{step}")
+          suffix = 1
+          while target.exists():
+            target, suffix = path.with_name(f"damaged_{step}.{suffix}"), suffix + 1
+          path.rename(target)
+        damaged = True
+    return None, None
+  finally:
+    if damaged:
+      mngr.reload()

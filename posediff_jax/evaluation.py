@@ -106,12 +106,14 @@ def run(config, checkpoint_dir, output=None, *, progress=True) -> dict[str, Any]
   params, meta, step = checkpoint.load_model(checkpoint_dir, use_ema=config.eval.use_ema)
   check_checkpoint_matches(config, meta, checkpoint_dir)
   frames = load_split(config, "test")
-  table = evaluate(config, params, frames, progress=progress)
-  print(table.format_table())
-  sys.stdout.flush()
+  is_main = jax.process_index() == 0  # in a multi-process job only process 0 prints and writes
+  table = evaluate(config, params, frames, progress=progress and is_main)
+  if is_main:
+    print(table.format_table())
+    sys.stdout.flush()
   result = {"checkpoint": str(checkpoint_dir), "checkpoint_step": int(step),
             "results": table.to_dict(), "config": json.loads(config.to_json_best_effort())}
-  if output:
+  if output and is_main:
     pathlib.Path(output).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(output).write_text(json.dumps(result, indent=2))
   return result

@@ -14,9 +14,12 @@ devices.
 import functools
 import json
 import pathlib
+import signal
+import threading
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -80,11 +83,41 @@ def init_state(config, params, optimizers) -> dict:
 def make_train_step(config, stage: str, optimizer, loss_fn):
   """A pure `(state, batch) -> (state, measurements)` that updates only `stage`'s parameters."""
   ema_rate = config.train.ema_rate
+  accum = config.train.get("grad_accum_steps", 1)
+  compute_dtype = jnp.dtype(config.train.get("compute_dtype", "float32"))
+  if accum < 1:
+    raise ValueError(f"train.grad_accum_steps must be >= 1, got {accum}")
+
+  def loss_in_compute_dtype(params, batch, key):
+    if compute_dtype != jnp.float32:
+      # Parameters stay float32 in the state (and in the optimizer); only the forward pass is cast,
+      # so gradients come back float32 through the cast.
+      cast = lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+      params, batch = jax.tree.map(cast, params), jax.tree.map(cast, batch)
+    return loss_fn(config, params, batch, key).astype(jnp.float32)
+
+  grad_fn = jax.value_and_grad(loss_in_compute_dtype)
+
+  def loss_and_grads(params, batch, key):
+    if accum == 1:
+      return grad_fn(params, batch, key)
+    # Micro-batch i holds rows i, i + k, i + 2k, ... so each one stays spread over every device.
+    micro = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+
+    def body(carry, inputs):
+      i, micro_batch = inputs
+      loss, grads = grad_fn(params, micro_batch, jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+    return jax.tree.map(lambda x: x / accum, total)
 
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     params = state["params"][stage]
-    loss, grads = jax.value_and_grad(functools.partial(loss_fn, config))(params, batch, key)
+    loss, grads = loss_and_grads(params, batch, key)
     updates, opt_state = optimizer.update(grads, state["opt_state"][stage], params)
     params = optax.apply_updates(params, updates)
     ema = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
@@ -102,6 +135,35 @@ def make_train_step(config, stage: str, optimizer, loss_fn):
 
 
 
+class _PreemptionFlag:
+  """Records SIGTERM (how clusters and TPU pods announce preemption) until the loop can save.
+
+  The handler only sets a flag: writing a checkpoint from inside a signal handler could interrupt a
+  step or an orbax write half-way. In a multi-process job every process must stop at the same step,
+  so the flags of all processes are combined (one tiny all-gather per step).
+  """
+
+  def __init__(self):
+    self._received = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._received = True
+
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self._received
+    flags = multihost_utils.process_allgather(np.array(self._received))
+    return bool(np.any(flags))
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def _global_batch(local_batch: dict, sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
@@ -117,6 +179,10 @@ def train_and_evaluate(config, workdir) -> dict:
   if config.train.batch_size % n_dev:
     raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
                      f"{n_dev} devices of the mesh")
+  accum = config.train.get("grad_accum_steps", 1)
+  if config.train.batch_size % (n_dev * accum):
+    raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by "
+                     f"train.grad_accum_steps={accum} x {n_dev} devices")
   repl = jax.sharding.NamedSharding(mesh, P())
   data_sharding = jax.sharding.NamedSharding(mesh, P("data"))
   local_batch = config.train.batch_size // jax.process_count()
@@ -157,12 +223,13 @@ def train_and_evaluate(config, workdir) -> dict:
 
   ckpt = checkpoint.manager(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   writer = summary.MetricWriter(workdir, enabled=is_main)
-  if ckpt.latest_step() is not None:
-    step0 = ckpt.latest_step()
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = ckpt.restore(step0, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  step0, restored = checkpoint.restore_newest_intact(
+      ckpt, lambda s: ckpt.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          data=grain.checkpoint.CheckpointRestore(data_iter))), is_main=is_main)
+  if step0 is not None:
     state = restored["state"]
     if is_main:
       print(f"resumed from {workdir / 'checkpoints'} step {step0}", flush=True)
@@ -195,36 +262,52 @@ def train_and_evaluate(config, workdir) -> dict:
   step = int(state["step"])
   bar = summary.ProgressBar(total_steps, "train", enabled=is_main, initial=step)
   t_last, step_last = time.time(), step
-  while step < total_steps:
-    stage_start = 0
-    for stage, n in plan:
-      if step < stage_start + n:
-        break
-      stage_start += n
-    batch = _global_batch(next(data_iter), data_sharding)
-    state, measured = steps[stage](state, batch)
-    step += 1
-    bar.update(1)
-    if step % config.train.log_every == 0 or step == total_steps:
-      measured = jax.device_get(measured)
-      if not np.isfinite(measured["loss"]):
-        raise FloatingPointError(f"loss is {measured['loss']} at step {step} ({stage} stage)")
-      elapsed = time.time() - t_last
-      rate = (step - step_last) * config.train.batch_size / max(elapsed, 1e-9)
-      scalars = {f"train/{stage}_loss": float(measured["loss"]),
-                 f"train/{stage}_grad_norm": float(measured["grad_norm"]),
-                 "train/examples_per_s": rate,
-                 "train/step_time_s": elapsed / max(step - step_last, 1)}
-      writer.write_scalars(step, scalars)
-      if is_main:
-        bar.write(f"step {step}/{total_steps} [{stage}] loss {scalars[f'train/{stage}_loss']:.5f} "
-                  f"({rate:.0f} examples/s, {scalars['train/step_time_s'] * 1e3:.1f} ms/step)")
-      t_last, step_last = time.time(), step
-    if step % ckpt_every == 0 or step == total_steps:
-      save(step)
-    # The lifter is trained (or loaded) by the time the denoiser stage runs, so evaluation makes sense.
-    if stage == "denoiser" and step % eval_every == 0 and step != total_steps:
-      quick_eval(step)
+  preemption = _PreemptionFlag()
+  try:
+    while step < total_steps:
+      if preemption.requested():
+        if step not in ckpt.all_steps():
+          save(step)
+        ckpt.wait_until_finished()
+        ckpt.close()
+        bar.close()
+        writer.close()
+        if is_main:
+          print(f"preempted (SIGTERM): saved {workdir / 'checkpoints'} step {step}; "
+                "run the same command to resume", flush=True)
+        return {"step": step, "preempted": True}
+      stage_start = 0
+      for stage, n in plan:
+        if step < stage_start + n:
+          break
+        stage_start += n
+      batch = _global_batch(next(data_iter), data_sharding)
+      state, measured = steps[stage](state, batch)
+      step += 1
+      bar.update(1)
+      if step % config.train.log_every == 0 or step == total_steps:
+        measured = jax.device_get(measured)
+        if not np.isfinite(measured["loss"]):
+          raise FloatingPointError(f"loss is {measured['loss']} at step {step} ({stage} stage)")
+        elapsed = time.time() - t_last
+        rate = (step - step_last) * config.train.batch_size / max(elapsed, 1e-9)
+        scalars = {f"train/{stage}_loss": float(measured["loss"]),
+                   f"train/{stage}_grad_norm": float(measured["grad_norm"]),
+                   "train/examples_per_s": rate,
+                   "train/step_time_s": elapsed / max(step - step_last, 1)}
+        writer.write_scalars(step, scalars)
+        if is_main:
+          loss = scalars[f"train/{stage}_loss"]
+          bar.write(f"step {step}/{total_steps} [{stage}] loss {loss:.5f} ({rate:.0f} examples/s, "
+                    f"{scalars['train/step_time_s'] * 1e3:.1f} ms/step)")
+        t_last, step_last = time.time(), step
+      if step % ckpt_every == 0 or step == total_steps:
+        save(step)
+      # The lifter is trained (or loaded) once the denoiser stage runs, so evaluating is useful.
+      if stage == "denoiser" and step % eval_every == 0 and step != total_steps:
+        quick_eval(step)
+  finally:
+    preemption.restore()
   bar.close()
   ckpt.wait_until_finished()
   ckpt.close()

@@ -159,3 +159,61 @@ def test_denoiser_train_step_with_sharded_batch_matches_one_device(results):
   # What the step only carries (the other stage, the step counter, the key) stays bit-identical.
   for name, (one, every) in groups["carried"].items():
     np.testing.assert_array_equal(every, one, err_msg=name)
+
+
+def _one_lifter_step(overrides: dict, batch: dict, params: dict):
+  """The updated lifter parameters after one train step of the tiny config with `overrides`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from posediff_jax import families  # pylint: disable=g-import-not-at-top
+  from posediff_jax import training  # pylint: disable=g-import-not-at-top
+
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  config = tiny_run.tiny_config("unused", overrides)
+  family = families.get(config.family)
+  optimizer = training.make_optimizer(config, "lifter", steps_per_epoch=100)
+  state = training.init_state(config, params, {"lifter": optimizer})
+
+  def loss_without_dropout(config, lifter_params, batch, key):
+    del key  # the model has fixed dropout layers, so the test switches them off
+    xyz = family.lifter_module(config).apply({"params": lifter_params}, batch["input_2d"],
+                                             deterministic=True)
+    return jnp.mean(jnp.square(xyz - batch["target_3d"]))
+
+  step = training.make_train_step(config, "lifter", optimizer, loss_without_dropout)
+  new_state, measured = jax.jit(step)(state, batch)
+  return jax.tree.map(np.asarray, new_state["params"]["lifter"]), float(measured["loss"])
+
+
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
+  # Without dropout, a batch-mean loss over 2 micro-batches of 32 has the batch of 64's gradient.
+  rng = np.random.default_rng(3)
+  config = tiny_run.tiny_config("unused")
+  params, batch = _random_params(config, rng), _random_batch(rng)
+  whole, loss_whole = _one_lifter_step({"train.grad_accum_steps": 1}, batch, params)
+  accum, loss_accum = _one_lifter_step({"train.grad_accum_steps": 2}, batch, params)
+  assert loss_accum == pytest.approx(loss_whole, rel=1e-5)
+  for a, b in zip(_leaves(accum), _leaves(whole)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # Adam moves weights by ~1e-3
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_stays_close():
+  rng = np.random.default_rng(4)
+  config = tiny_run.tiny_config("unused")
+  params, batch = _random_params(config, rng), _random_batch(rng)
+  f32, loss_f32 = _one_lifter_step({}, batch, params)
+  bf16, loss_bf16 = _one_lifter_step({"train.compute_dtype": "bfloat16"}, batch, params)
+  assert all(x.dtype == np.float32 for x in _leaves(bf16))
+  assert loss_bf16 == pytest.approx(loss_f32, rel=2e-2)
+  # Adam's first step moves every weight by about lr; bfloat16 gradients may flip only tiny ones.
+  moved = [np.abs(b - p).max() for b, p in zip(_leaves(bf16), _leaves(params["lifter"]))]
+  assert max(moved) > 0
+  close = np.mean(np.concatenate([np.isclose(a, b, atol=2e-3).ravel()
+                                  for a, b in zip(_leaves(bf16), _leaves(f32))]))
+  assert close > 0.95
+
+
+def _leaves(tree) -> list[np.ndarray]:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
