@@ -2,13 +2,16 @@ r"""Converts the authors' released PyTorch checkpoints into an orbax checkpoint 
 
   python convert_torch_weights.py --family diffpose \
       --checkpoint diffpose_uvxyz_cpn.pth --lifter gcn_xyz_cpn.pth --output checkpoints/diffpose_cpn
+  python convert_torch_weights.py --family icassp \
+      --checkpoint ckpt_cpn.pth --lifter gcn_xyz_cpn.pth --output checkpoints/icassp_cpn
 
 The files are read by posediff_jax.safe_load: tensors only, no torch, nothing from the file is executed.
-Model sizes come from --config (default: the family's Human3.6M config) and can be overridden as usual
-(--config.model.hid_dim=64). Every torch key must map onto a parameter, and every parameter must be
-filled; keys upstream itself never uses are listed.
+Model sizes come from --config (default: the family's Human3.6M config, configs/<family>_h36m.py)
+and can be overridden as usual (--config.model.hid_dim=64). Every torch key must map onto a
+parameter, and every parameter must be filled; keys upstream itself never uses are listed.
 """
 
+import importlib
 import pathlib
 
 from absl import app
@@ -25,16 +28,33 @@ _LIFTER = flags.DEFINE_string("lifter", None, "The lifter checkpoint (families w
 _OUTPUT = flags.DEFINE_string("output", None, "New directory for the orbax checkpoint.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).resolve().parent / "configs" / "diffpose_h36m.py"),
-    "Config giving the model sizes (configs/*.py[:variant]).", lock_config=True)
+    "Config giving the model sizes (configs/*.py[:variant]); default: configs/<family>_h36m.py.",
+    lock_config=True)
 flags.mark_flags_as_required(["family", "checkpoint", "output"])
+
+
+def _family_config(family: str):
+  """--config, or without it configs/<family>_h36m.py with the same --config.* overrides."""
+  config = _CONFIG.value
+  if config.family == family:
+    return config
+  if flags.FLAGS["config"].present:
+    raise app.UsageError(f"--family {family} but --config is for {config.family!r}")
+  # The flag's default is the DiffPose config; the overrides were parsed against it.
+  default = importlib.import_module(f"configs.{family}_h36m").get_config()
+  for path, value in config_flags.get_override_values(flags.FLAGS["config"]).items():
+    *sections, field = path.split(".")
+    node = default
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  return default
 
 
 def main(argv):
   del argv
   runtime.initialize()
-  config = _CONFIG.value
-  if config.family != _FAMILY.value:
-    raise app.UsageError(f"--family {_FAMILY.value} but --config is for {config.family!r}")
+  config = _family_config(_FAMILY.value)
   family = families.get(_FAMILY.value)
   params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value)
   meta = family.checkpoint_meta(config)

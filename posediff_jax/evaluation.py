@@ -34,11 +34,18 @@ def data_paths(config) -> dict[str, pathlib.Path]:
 
 
 def load_split(config, split: str) -> h36m.FrameSet:
-  """The train or test frames of `config.data`."""
+  """The train or test frames of `config.data`, read with the family's data options.
+
+  `config.data.kernel` ("weighted" when absent) and `config.data.fixed_resolution` (each camera's
+  own resolution when absent or None) are passed on to `h36m.load_frame_set`.
+  """
   paths = data_paths(config)
   subjects = config.data.train_subjects if split == "train" else config.data.test_subjects
+  resolution = config.data.get("fixed_resolution")
   return h36m.load_frame_set(paths["3d"], paths[f"{split}_2d"], tuple(subjects),
-                             plain_2d_var=config.data.plain_2d_var)
+                             plain_2d_var=config.data.plain_2d_var,
+                             fixed_resolution=tuple(resolution) if resolution else None,
+                             kernel=config.data.get("kernel", "weighted"))
 
 
 def make_predict_fn(config):

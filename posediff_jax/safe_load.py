@@ -216,6 +216,25 @@ def load_pickled_npz(path, required_keys=()) -> dict[str, Any]:
   return out
 
 
+def load_pickled_npy(path) -> Any:
+  """Reads a `.npy` that may hold a pickled object (e.g. `np.save` of a dict), without running code.
+
+  Args:
+    path: the `.npy` file.
+
+  Returns:
+    The array; a 0-d object array (how `np.save` stores a dict) comes back as the object.
+
+  Raises:
+    FileNotFoundError, UnsafePickleError, ValueError (not a `.npy` file, truncated or corrupt).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"data file not found: {path}")
+  with open(path, "rb") as fp:
+    return _read_npy(fp, str(path))
+
+
 def _read_npy(fp, source: str) -> Any:
   try:
     version = np.lib.format.read_magic(fp)

@@ -9,9 +9,13 @@ Files (all `.npz` whose members are pickled dicts; read with the restricted unpi
   [T, 17, 2]]}}` in pixels, one array per camera, plus an optional `metadata` dict.
 - GMM 2D, DiffPose `data_2d_h36m_<source>_gmm.npz`: `positions_2d = {subject: {action: [4 x
   [T, 17, K, 5]]}}`, the last axis `(weight, u_px, v_px, var_u, var_v)` for each of K kernels.
+- prepared 2D, ICASSP'24 `data_2d_h36m_<source>_gmm_norm.npy` (upstream's `prepare_2d_poses.py`,
+  reproduced by `prepare_first_kernel_2d`): a pickled `{subject: {action: [4, T, 17, 2]}}` holding
+  kernel 0's (u, v), already normalised.
 
 `load_frame_set` turns a 3D file and a 2D file into flat per-frame arrays exactly as DiffPose's
-`Human36mDataset` + `read_3d_data_me` + `create_2d_data` + `fetch_me` + `PoseGenerator_gmm` do.
+`Human36mDataset` + `read_3d_data_me` + `create_2d_data` + `fetch_me` + `PoseGenerator_gmm` do;
+its `kernel` and `fixed_resolution` options give the ICASSP'24 variant of that path.
 """
 
 import dataclasses
@@ -39,6 +43,9 @@ NUM_CAMERAS = 4
 NUM_JOINTS_32 = 32
 GMM_CHANNELS = 5  # (weight, u, v, var_u, var_v)
 _WEIGHT_SUM_TOLERANCE = 1e-4
+# How `load_frame_set` picks the 2D from a GMM file: "weighted" keeps every kernel and the pipeline
+# chooses by weight (DiffPose); "first" keeps kernel 0 alone, whatever its weight (ICASSP'24).
+KERNEL_CHOICES = ("weighted", "first")
 
 
 def action_class(name: str) -> str:
@@ -220,6 +227,104 @@ def load_positions_2d(path, *, plain_2d_var: float = 0.01
   return out, metadata
 
 
+def is_prepared_2d(path) -> bool:
+  """Whether `path` names a prepared (already normalised) ICASSP'24 2D file: a `.npy`."""
+  return str(path).endswith(".npy")
+
+
+def load_prepared_2d(path) -> dict[str, dict[str, list[np.ndarray]]]:
+  """Reads an ICASSP'24 prepared 2D file, `data_2d_h36m_<source>_gmm_norm.npy`.
+
+  Args:
+    path: the `.npy` file (a pickled dict, read with the restricted unpickler).
+
+  Returns:
+    `{subject: {action: [one array per camera, [T, 17, 2]]}}` in file order: normalised (u, v) in
+    the file's dtype (upstream stores float64).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not a dict of dicts, or an array that is not `[4, T, 17, 2]` or has NaNs; the
+      message names the file, subject and action.
+  """
+  value = safe_load.load_pickled_npy(path)
+  _check_nested_dict(value, path, "the prepared 2D")
+  out = {}
+  for subject, actions in value.items():
+    out[subject] = {}
+    for action, array in actions.items():
+      where = f"{path}: [{subject!r}][{action!r}]"
+      array = _float_array(array, where)
+      if array.ndim != 4 or array.shape[0] != NUM_CAMERAS or array.shape[2:] != (
+          skeleton.NUM_JOINTS, 2):
+        raise ValueError(f"{where}: expected [{NUM_CAMERAS}, T, {skeleton.NUM_JOINTS}, 2] "
+                         f"(cameras, frames, joints, normalised u v), found shape {array.shape}")
+      _check_finite(array, where)
+      out[subject][action] = list(array)
+  return out
+
+
+def prepare_first_kernel_2d(positions_2d, *, resolution: tuple[int, int] = (1000, 1000),
+                            reference=None) -> dict[str, dict[str, np.ndarray]]:
+  """Upstream ICASSP'24 `prepare_2d_poses.py`: kernel 0's (u, v) of every sequence, normalised.
+
+  The GT file is prepared without `reference`; its cameras must have equal lengths. The CPN file is
+  prepared against the prepared GT (spec §B.3): a sequence whose cameras differ in length is first
+  cut to its shortest camera, then one longer than the GT sequence is cut to the GT length.
+
+  Args:
+    positions_2d: GMM 2D as `load_positions_2d` returns it (`[T_cam, 17, K, 5]` per camera).
+    resolution: `(w, h)` every camera is normalised with; upstream uses (1000, 1000) for all.
+    reference: None, or the prepared GT `{subject: {action: [4, T, 17, 2]}}` to trim against.
+
+  Returns:
+    `{subject: {action: float32 [4, T, 17, 2]}}`. Upstream saves float64 and its loader casts to
+    float32; the values after that cast are these, bit for bit.
+
+  Raises:
+    ValueError: unequal camera lengths without `reference`, a sequence missing from `reference`,
+      or one shorter than its reference (upstream asserts the GT is shorter).
+  """
+  w, h = resolution
+  out = {}
+  for subject, actions in positions_2d.items():
+    out[subject] = {}
+    for action, per_camera in actions.items():
+      where = f"positions_2d[{subject!r}][{action!r}]"
+      lengths = [len(array) for array in per_camera]
+      if reference is None and len(set(lengths)) > 1:
+        raise ValueError(f"{where}: cameras have different lengths {lengths}; only a file prepared "
+                         "against a reference (the CPN file against the GT) is cut to its shortest")
+      length = min(lengths)
+      if reference is not None:
+        if subject not in reference or action not in reference[subject]:
+          raise ValueError(f"{where}: the reference has no such sequence")
+        ref_length = len(reference[subject][action][0])
+        if ref_length > length:
+          raise ValueError(f"{where}: {length} frames (shortest camera), fewer than the "
+                           f"{ref_length} of the reference; it must be at least as long")
+        length = ref_length
+      uv = np.stack([array[:length, :, 0, 1:3] for array in per_camera])
+      out[subject][action] = cameras.normalize_screen_coordinates(uv, w, h)
+  return out
+
+
+def _first_kernel(gmm: np.ndarray) -> np.ndarray:
+  """`[T, 17, K, 5]` -> `[T, 17, 1, 5]`: kernel 0 alone, its weight set to 1."""
+  first = gmm[..., :1, :].copy()
+  first[..., 0] = 1
+  return first
+
+
+def _prepared_as_gmm(uv: np.ndarray, variance: float) -> np.ndarray:
+  """Prepared `[T, 17, 2]` -> a one-kernel GMM `[T, 17, 1, 5]` (weight 1, the given variance)."""
+  gmm = np.empty(uv.shape[:2] + (1, GMM_CHANNELS), dtype=np.float32)
+  gmm[..., 0, 0] = 1
+  gmm[..., 0, 1:3] = uv
+  gmm[..., 0, 3:5] = variance
+  return gmm
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class FrameSet:
   """Flat per-frame arrays of one split, in upstream order (subject, action, camera, frame).
@@ -268,7 +373,8 @@ class FrameSet:
 
 
 def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: float = 0.01,
-                   fixed_resolution: tuple[int, int] | None = None) -> FrameSet:
+                   fixed_resolution: tuple[int, int] | None = None,
+                   kernel: str = "weighted") -> FrameSet:
   """Builds the per-frame dataset of some subjects as DiffPose's data pipeline does.
 
   For each subject (in the given order), each action of the 2D file (in file order) and each of
@@ -276,13 +382,21 @@ def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: f
   to the 3D length and its u, v are normalised with the camera's resolution; the targets are made
   root-relative.
 
+  ICASSP'24 reads upstream's prepared `.npy` (see `prepare_first_kernel_2d`); the same frames come
+  from its source GMM file with `kernel="first"` and `fixed_resolution=(1000, 1000)`, because
+  upstream then asserts that every prepared sequence has exactly the 3D length.
+
   Args:
     path_3d: VideoPose3D `data_3d_h36m.npz`.
-    path_2d: a GMM or plain 2D file (see `load_positions_2d`).
+    path_2d: a GMM or plain 2D `.npz` (see `load_positions_2d`), or a prepared `.npy` (see
+      `load_prepared_2d`), which is already normalised and gives one kernel with variance
+      `plain_2d_var`.
     subjects: e.g. `TEST_SUBJECTS`.
-    plain_2d_var: the variance a plain 2D file gets (see `load_positions_2d`).
-    fixed_resolution: `(w, h)` to normalise every camera with, instead of each camera's own
-      resolution; the ICASSP'24 pipeline uses `(1000, 1000)`.
+    plain_2d_var: the variance a plain or prepared 2D file gets (see `load_positions_2d`).
+    fixed_resolution: `(w, h)` to normalise every camera of an `.npz` with, instead of each
+      camera's own resolution; the ICASSP'24 pipeline uses `(1000, 1000)`.
+    kernel: one of `KERNEL_CHOICES`: "weighted" keeps all GMM kernels (the pipeline picks by
+      weight), "first" keeps kernel 0 alone with weight 1.
 
   Returns:
     The `FrameSet`.
@@ -297,8 +411,20 @@ def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: f
     raise ValueError("load_frame_set: no subjects given")
   if fixed_resolution is not None and (len(fixed_resolution) != 2 or min(fixed_resolution) <= 0):
     raise ValueError(f"fixed_resolution must be (w, h) > 0, got {fixed_resolution}")
+  if kernel not in KERNEL_CHOICES:
+    raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
   positions_3d = load_positions_3d(path_3d)
-  positions_2d, _ = load_positions_2d(path_2d, plain_2d_var=plain_2d_var)
+  prepared = is_prepared_2d(path_2d)
+  if prepared:
+    positions_2d = {subject: {action: [_prepared_as_gmm(uv, plain_2d_var) for uv in per_camera]
+                              for action, per_camera in actions.items()}
+                    for subject, actions in load_prepared_2d(path_2d).items()}
+  else:
+    positions_2d, _ = load_positions_2d(path_2d, plain_2d_var=plain_2d_var)
+    if kernel == "first":
+      positions_2d = {subject: {action: [_first_kernel(gmm) for gmm in per_camera]
+                                for action, per_camera in actions.items()}
+                      for subject, actions in positions_2d.items()}
   kernels = {array.shape[2] for actions in positions_2d.values()
              for arrays in actions.values() for array in arrays}
   if len(kernels) > 1:
@@ -348,9 +474,10 @@ def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: f
     rows = slice(start, start + len(world))
     # Longer 2D sequences are cut to the 3D length, as upstream does.
     gmm = gmm[:len(world)]
-    w, h = fixed_resolution or (cam.res_w, cam.res_h)
     arrays["gmm_2d"][rows] = gmm
-    arrays["gmm_2d"][rows, ..., 1:3] = cameras.normalize_screen_coordinates(gmm[..., 1:3], w, h)
+    if not prepared:
+      w, h = fixed_resolution or (cam.res_w, cam.res_h)
+      arrays["gmm_2d"][rows, ..., 1:3] = cameras.normalize_screen_coordinates(gmm[..., 1:3], w, h)
     arrays["target_3d"][rows] = skeleton.root_relative(cameras.world_to_camera(world, cam))
     arrays["camera_params"][rows] = cameras.normalized_intrinsics(cam)
     arrays["action"][rows] = label

@@ -7,7 +7,7 @@ picks one.
 
 import importlib
 
-FAMILIES = ("diffpose",)
+FAMILIES = ("diffpose", "icassp")
 
 
 def get(name: str):
