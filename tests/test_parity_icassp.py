@@ -216,14 +216,14 @@ def test_wrong_family_checkpoints_fail_and_say_so(root, fixture_json):
   diffpose_root = parity_dir("diffpose")
   with pytest.raises(common.ConversionError,
                      match=r"denoiser\.pth: this looks like a DiffPose denoiser \(GCNdiff\) "
-                           r"checkpoint .*expected a ICASSP'24 cross-channel denoiser"):
+                           r"checkpoint .*expected an ICASSP'24 cross-channel denoiser"):
     icassp.convert(config, diffpose_root / "denoiser.pth", root / "lifter.pth")
   with pytest.raises(common.ConversionError,
-                     match=r"looks like a DiffPose lifter \(GCNpose\) checkpoint .*expected a "
+                     match=r"looks like a DiffPose lifter \(GCNpose\) checkpoint .*expected an "
                            r"ICASSP'24 cross-channel denoiser"):
     icassp.convert(config, root / "lifter.pth", root / "lifter.pth")
   with pytest.raises(common.ConversionError,
-                     match=r"looks like a ICASSP'24 cross-channel denoiser \(DiffModel\) "
+                     match=r"looks like an ICASSP'24 cross-channel denoiser \(DiffModel\) "
                            r"checkpoint .*expected a DiffPose denoiser"):
     diffpose.convert(config, root / "denoiser.pth", root / "lifter.pth")
   with pytest.raises(ValueError, match=r"holds a 'diffpose' model but the config is for 'icassp'"):
@@ -460,6 +460,6 @@ def test_cli_rejects_a_diffpose_denoiser_given_as_icassp(root, tmp_path):
       cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 2, proc.stderr
   assert "looks like a DiffPose denoiser (GCNdiff) checkpoint" in proc.stderr
-  assert "expected a ICASSP'24 cross-channel denoiser" in proc.stderr
+  assert "expected an ICASSP'24 cross-channel denoiser" in proc.stderr
   assert not (tmp_path / "ckpt").exists()
 

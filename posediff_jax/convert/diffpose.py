@@ -55,6 +55,10 @@ _KIND_NAMES = {
 }
 
 
+def _with_article(name: str) -> str:
+  return ("an " if name[0] in "AEIOU" else "a ") + name
+
+
 def infer_diffpose_dims(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """Reads the architecture off a DiffPose-style state dict (with or without `module.`).
 
@@ -96,8 +100,8 @@ def _check_checkpoint(sd, kind: str, hid_dim: int, num_layers: int, in_dim: int,
         "icassp_denoiser": "it has the context branch (gconv_input_t, fc1..fc3)",
     }[dims["kind"]]
     raise common.ConversionError(
-        f"{source}: this looks like a {_KIND_NAMES[dims['kind']]} checkpoint ({evidence}), "
-        f"expected a {_KIND_NAMES[kind]}")
+        f"{source}: this looks like {_with_article(_KIND_NAMES[dims['kind']])} checkpoint "
+        f"({evidence}), expected {_with_article(_KIND_NAMES[kind])}")
   if dims["hid_dim"] != hid_dim:
     found = tuple(sd["gconv_input.weight"].shape)
     expected = (found[0], 1, in_dim, hid_dim)
