@@ -92,7 +92,7 @@ def root_subtract(xyz: jax.Array, upstream_aliasing: bool = False) -> jax.Array:
 
 
 # Frames per piece when `predict` splits a large batch on CPU: the activations of 256 frames stay in
-# the caches from layer to layer (about 20% faster than one 1024-frame pass on a 2-core EPYC). On
+# the caches from layer to layer (15-20% faster than one 1024-frame pass on a 2-core EPYC). On
 # accelerators the whole batch runs in one pass.
 CPU_CHUNK_SIZE = 256
 
