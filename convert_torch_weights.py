@@ -4,6 +4,9 @@ r"""Converts the authors' released PyTorch checkpoints into an orbax checkpoint 
       --checkpoint diffpose_uvxyz_cpn.pth --lifter gcn_xyz_cpn.pth --output checkpoints/diffpose_cpn
   python convert_torch_weights.py --family icassp \
       --checkpoint ckpt_cpn.pth --lifter gcn_xyz_cpn.pth --output checkpoints/icassp_cpn
+  # Only the lifter, to train a DiffPose or ICASSP denoiser from scratch on top of it:
+  python convert_torch_weights.py --family icassp --lifter gcn_xyz_cpn.pth \
+      --output checkpoints/lifter_cpn
 
 The files are read by posediff_jax.safe_load: tensors only, no torch, nothing from the file is executed.
 Model sizes come from --config (default: the family's Human3.6M config, configs/<family>_h36m.py)
@@ -23,14 +26,15 @@ from posediff_jax import families
 from posediff_jax import runtime
 
 _FAMILY = flags.DEFINE_enum("family", None, list(families.FAMILIES), "Model family of the checkpoint.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The denoiser checkpoint (.pth / .bin).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "The denoiser checkpoint (.pth / .bin); leave it out to convert a lifter alone.")
 _LIFTER = flags.DEFINE_string("lifter", None, "The lifter checkpoint (families with a separate lifter).")
 _OUTPUT = flags.DEFINE_string("output", None, "New directory for the orbax checkpoint.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).resolve().parent / "configs" / "diffpose_h36m.py"),
     "Config giving the model sizes (configs/*.py[:variant]); default: configs/<family>_h36m.py.",
     lock_config=True)
-flags.mark_flags_as_required(["family", "checkpoint", "output"])
+flags.mark_flags_as_required(["family", "output"])
 
 
 def _family_config(family: str):
@@ -54,6 +58,8 @@ def _family_config(family: str):
 def main(argv):
   del argv
   runtime.initialize()
+  if not _CHECKPOINT.value and not _LIFTER.value:
+    raise app.UsageError("give --checkpoint (and --lifter for DiffPose/ICASSP), or --lifter alone")
   config = _family_config(_FAMILY.value)
   family = families.get(_FAMILY.value)
   params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value)

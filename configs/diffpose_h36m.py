@@ -39,6 +39,10 @@ def get_config(arg=None):
   c.data.worker_count = 0
   c.data.generate_synthetic = False  # the demo sets this: write the synthetic set into data.root if absent
 
+  # Device mesh: batches split over `data` (-1 = every device); `model` is reserved (README,
+  # "Scaling"): no family shards its parameters yet.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+
   # Denoiser (upstream GCNdiff). Upstream's `emd_dim` is ignored: the time embedding is 4 * hid_dim.
   c.model = ml_collections.ConfigDict(
       dict(hid_dim=96, num_layers=5, n_head=4, dropout=0.25, coords_dim=5))
@@ -95,4 +99,5 @@ def get_config(arg=None):
   c.train.compute_dtype = "float32"
   c.train.eval_at_start = False  # evaluate the untrained model first (a baseline for the log)
   c.train.eval_max_batches = 0  # > 0 evaluates only the first batches during training
+  c.train.final_eval = True  # evaluate the whole test split when training ends
   return c

@@ -83,3 +83,9 @@ def flip_pose(x, *, x_channel: int = 0):
   sign = np.ones(channels, dtype=x.dtype)
   sign[x_channel] = -1
   return x[..., np.asarray(H36M_MIRROR), :] * sign
+
+# MPI-INF-3DHP's 17 "relevant" joints (head_top, neck, R/L arm, R/L leg, pelvis, spine, head): the
+# pelvis is the root, and MPI3DHP_LEFT[i] mirrors MPI3DHP_RIGHT[i].
+MPI3DHP_ROOT_JOINT = 14
+MPI3DHP_LEFT = (5, 6, 7, 11, 12, 13)
+MPI3DHP_RIGHT = (2, 3, 4, 8, 9, 10)

@@ -7,8 +7,8 @@ A run trains the family's stages in order over one global step counter (DiffPose
    'ema_params': {stage: ...}}
 
 Every checkpoint holds that state and the grain iterator state, so a resumed run continues exactly where
-the interrupted one stopped. Parameters are replicated and batches sharded over a 1-D `data` mesh of all
-devices.
+the interrupted one stopped. Parameters are replicated and batches sharded over the `data` axis of the
+mesh `config.mesh` describes (`posediff_jax.sharding`).
 """
 
 import functools
@@ -27,32 +27,43 @@ import orbax.checkpoint as ocp
 import grain
 
 from posediff_jax import checkpoint
+from posediff_jax import datasets
 from posediff_jax import evaluation
 from posediff_jax import families
+from posediff_jax import sharding
 from posediff_jax import summary
-from posediff_jax.data import pipeline
-
-P = jax.sharding.PartitionSpec
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(config=None) -> jax.sharding.Mesh:
+  """The ('data', 'model') mesh of `config.mesh` (all devices on `data` when absent)."""
+  return sharding.make_mesh(config.get("mesh") if config is not None else None)
 
 
 def stage_plan(config, steps_per_epoch: int) -> list[tuple[str, int]]:
   """[(stage, number of steps)] in training order; stages with 0 steps are left out."""
   t = config.train
-  lifter = t.lifter_steps if t.lifter_steps > 0 else t.lifter_epochs * steps_per_epoch
-  denoiser = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
-  return [(name, n) for name, n in (("lifter", lifter), ("denoiser", denoiser)) if n > 0]
+  stages = families.get(config.family).STAGES
+  counts = {"lifter": (t.get("lifter_steps", 0), t.get("lifter_epochs", 0)),
+            "denoiser": (t.steps, t.epochs)}
+  plan = []
+  for name in stages:
+    steps, epochs = counts[name]
+    n = steps if steps > 0 else epochs * steps_per_epoch
+    if n > 0:
+      plan.append((name, n))
+  return plan
 
 
 def learning_rate(config, stage: str, steps_per_epoch: int):
-  """Upstream's staircase: lr0 * gamma ** ((epoch - 1) // decay) from epoch 1 on (spec §A.8)."""
+  """The stage's learning rate as a function of its optimizer step count.
+
+  With `train.lr_decay` (D3DP family): lr0 · decay^epoch, multiplied in after every epoch.
+  Otherwise DiffPose's staircase: lr0 · gamma^((epoch − 1) // decay) from epoch 1 on (spec §A.8).
+  """
   t = config.train
   lr0 = t.lifter_lr if stage == "lifter" else t.lr
+  if t.get("lr_decay"):
+    return lambda count: lr0 * t.lr_decay ** (count // steps_per_epoch)
 
   def schedule(count):
     epoch = count // steps_per_epoch
@@ -63,10 +74,15 @@ def learning_rate(config, stage: str, steps_per_epoch: int):
 
 
 def make_optimizer(config, stage: str, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam (AdamW when `train.weight_decay` > 0), after global-norm clipping if `train.grad_clip`."""
   t = config.train
-  return optax.chain(
-      optax.clip_by_global_norm(t.grad_clip),
-      optax.adam(learning_rate(config, stage, steps_per_epoch), b1=0.9, b2=0.999, eps=t.adam_eps))
+  lr = learning_rate(config, stage, steps_per_epoch)
+  weight_decay = t.get("weight_decay", 0.0)
+  if weight_decay:
+    adam = optax.adamw(lr, b1=0.9, b2=0.999, eps=t.adam_eps, weight_decay=weight_decay)
+  else:
+    adam = optax.adam(lr, b1=0.9, b2=0.999, eps=t.adam_eps)
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip), adam) if t.grad_clip else adam
 
 
 def init_state(config, params, optimizers) -> dict:
@@ -88,15 +104,24 @@ def make_train_step(config, stage: str, optimizer, loss_fn):
   if accum < 1:
     raise ValueError(f"train.grad_accum_steps must be >= 1, got {accum}")
 
+  scaled_gradient = config.train.get("upstream_loss_scaled_gradient", False)
+
   def loss_in_compute_dtype(params, batch, key):
     if compute_dtype != jnp.float32:
       # Parameters stay float32 in the state (and in the optimizer); only the forward pass is cast,
       # so gradients come back float32 through the cast.
       cast = lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
       params, batch = jax.tree.map(cast, params), jax.tree.map(cast, batch)
-    return loss_fn(config, params, batch, key).astype(jnp.float32)
+    loss = loss_fn(config, params, batch, key).astype(jnp.float32)
+    # D3DP quirk: loss.backward(gradient=loss) makes the gradient that of ½·loss².
+    objective = 0.5 * loss * loss if scaled_gradient else loss
+    return objective, loss
 
-  grad_fn = jax.value_and_grad(loss_in_compute_dtype)
+  objective_grad_fn = jax.value_and_grad(loss_in_compute_dtype, has_aux=True)
+
+  def grad_fn(params, batch, key):
+    (_, loss), grads = objective_grad_fn(params, batch, key)
+    return loss, grads
 
   def loss_and_grads(params, batch, key):
     if accum == 1:
@@ -128,7 +153,7 @@ def make_train_step(config, stage: str, optimizer, loss_fn):
         "opt_state": {**state["opt_state"], stage: opt_state},
         "ema_params": {**state["ema_params"], stage: ema},
     }
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 
@@ -164,9 +189,8 @@ class _PreemptionFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _global_batch(local_batch: dict, sharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+def _global_batch(local_batch: dict, batch_sharding) -> dict:
+  return sharding.global_batch(local_batch, batch_sharding)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -174,25 +198,25 @@ def train_and_evaluate(config, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
   family = families.get(config.family)
-  mesh = make_mesh()
-  n_dev = jax.device_count()
-  if config.train.batch_size % n_dev:
-    raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
-                     f"{n_dev} devices of the mesh")
+  mesh = make_mesh(config)
+  sharding.check_divisible(config.train.batch_size, mesh, "train.batch_size")
   accum = config.train.get("grad_accum_steps", 1)
-  if config.train.batch_size % (n_dev * accum):
+  sharding.check_divisible(config.train.batch_size // max(accum, 1), mesh,
+                           f"train.batch_size / train.grad_accum_steps ({accum})")
+  if config.train.batch_size % accum:
     raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by "
-                     f"train.grad_accum_steps={accum} x {n_dev} devices")
-  repl = jax.sharding.NamedSharding(mesh, P())
-  data_sharding = jax.sharding.NamedSharding(mesh, P("data"))
+                     f"train.grad_accum_steps={accum}")
+  repl = sharding.replicated(mesh)
+  data_sharding = sharding.by_batch(mesh)
   local_batch = config.train.batch_size // jax.process_count()
 
-  train_frames = evaluation.load_split(config, "train")
-  test_frames = evaluation.load_split(config, "test")
-  steps_per_epoch = len(train_frames.target_3d) // config.train.batch_size
+  train_data = datasets.load_split(config, "train")
+  test_data = datasets.load_split(config, "test")
+  num_examples = datasets.num_train_examples(config, train_data)
+  steps_per_epoch = num_examples // config.train.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"train.batch_size={config.train.batch_size} exceeds the "
-                     f"{len(train_frames.target_3d)} training frames")
+    raise ValueError(f"train.batch_size={config.train.batch_size} exceeds the {num_examples} "
+                     "training examples")
   plan = stage_plan(config, steps_per_epoch)
   if not plan:
     raise ValueError("nothing to train: set train.steps/epochs (and/or train.lifter_steps/epochs)")
@@ -201,24 +225,28 @@ def train_and_evaluate(config, workdir) -> dict:
 
   # The lifter checkpoint is checked before the (slow) parameter init, so a wrong one fails at once.
   lifter = None
-  if config.train.lifter_checkpoint:
-    loaded, meta, _ = checkpoint.load_model(config.train.lifter_checkpoint)
-    evaluation.check_checkpoint_matches(config, {"family": meta.get("family"),
-                                                 "lifter": meta.get("lifter")},
-                                        config.train.lifter_checkpoint)
+  if "lifter" in family.STAGES and config.train.get("lifter_checkpoint"):
+    path = config.train.lifter_checkpoint
+    loaded, meta, _ = checkpoint.load_model(path)
+    if meta.get("family") and meta["family"] not in family.LIFTER_FAMILIES:
+      raise ValueError(f"lifter checkpoint {path} holds a {meta['family']!r} model; a lifter "
+                       f"comes from one of: {', '.join(family.LIFTER_FAMILIES)}")
+    evaluation.check_checkpoint_matches(config, {"lifter": meta.get("lifter")}, path)
+    if "lifter" not in loaded:
+      raise ValueError(f"lifter checkpoint {path} holds no lifter (parts: {sorted(loaded)})")
     lifter = loaded["lifter"]
-  elif not any(stage == "lifter" for stage, _ in plan):
-    raise ValueError("DiffPose needs a lifter for evaluation: pass --config.train.lifter_checkpoint=DIR "
-                     "(e.g. the converted gcn_xyz_cpn.pth) or train one with "
-                     "--config.train.lifter_steps=N")
+  elif "lifter" in family.STAGES and not any(stage == "lifter" for stage, _ in plan):
+    raise ValueError(f"{config.family} needs a lifter for evaluation: pass "
+                     "--config.train.lifter_checkpoint=DIR (e.g. the converted gcn_xyz_cpn.pth) "
+                     "or train one with --config.train.lifter_steps=N")
   params = family.init_params(config, jax.random.key(config.seed))
   if lifter is not None:
     params["lifter"] = jax.tree.map(jnp.asarray, lifter)
   state = jax.device_put(init_state(config, params, optimizers), repl)
 
-  dataset = pipeline.train_dataset(
-      train_frames, batch_size=local_batch, seed=config.seed, shard_index=jax.process_index(),
-      shard_count=jax.process_count(), worker_count=config.data.worker_count)
+  dataset = datasets.train_dataset(config, train_data, batch_size=local_batch,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count())
   data_iter = iter(dataset)
 
   ckpt = checkpoint.manager(workdir / "checkpoints", keep=config.train.keep_checkpoints)
@@ -245,10 +273,12 @@ def train_and_evaluate(config, workdir) -> dict:
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
         meta=ocp.args.JsonSave({**family.checkpoint_meta(config), "source": "train.py"})), force=True)
 
-  predict = evaluation.make_predict_fn(config)  # one compilation for every evaluation of the run
+  # One compilation for every evaluation of the run, with the family's in-training settings.
+  eval_config = evaluation.training_eval_config(config)
+  predict = evaluation.make_predict_fn(eval_config)
 
   def quick_eval(step):
-    table = evaluation.evaluate(config, state["params"], test_frames, predict_fn=predict,
+    table = evaluation.evaluate(eval_config, state["params"], test_data, predict_fn=predict,
                                 max_batches=config.train.eval_max_batches, progress=False)
     p1, p2 = table.averages()
     writer.write_scalars(step, {"eval/mpjpe_mm": p1, "eval/p_mpjpe_mm": p2})
@@ -303,7 +333,7 @@ def train_and_evaluate(config, workdir) -> dict:
         t_last, step_last = time.time(), step
       if step % ckpt_every == 0 or step == total_steps:
         save(step)
-      # The lifter is trained (or loaded) once the denoiser stage runs, so evaluating is useful.
+      # The lifter (if any) is trained or loaded once the denoiser stage runs: evaluating is useful.
       if stage == "denoiser" and step % eval_every == 0 and step != total_steps:
         quick_eval(step)
   finally:
@@ -312,13 +342,15 @@ def train_and_evaluate(config, workdir) -> dict:
   ckpt.wait_until_finished()
   ckpt.close()
 
-  table = evaluation.evaluate(config, state["params"], test_frames, predict_fn=predict,
-                              progress=is_main)
-  p1, p2 = table.averages()
-  writer.write_scalars(total_steps, {"eval/mpjpe_mm": p1, "eval/p_mpjpe_mm": p2})
+  result = {"step": total_steps}
+  if config.train.get("final_eval", True):
+    table = evaluation.evaluate(config, state["params"], test_data, progress=is_main,
+                                predict_fn=predict if eval_config is config else None)
+    p1, p2 = table.averages()
+    writer.write_scalars(total_steps, {"eval/mpjpe_mm": p1, "eval/p_mpjpe_mm": p2})
+    result["results"] = table.to_dict()
+    if is_main:
+      print(table.format_table(), flush=True)
+      (workdir / "eval_results.json").write_text(json.dumps(result, indent=2))
   writer.close()
-  result = {"step": total_steps, "results": table.to_dict()}
-  if is_main:
-    print(table.format_table(), flush=True)
-    (workdir / "eval_results.json").write_text(json.dumps(result, indent=2))
   return result

@@ -21,7 +21,9 @@ import orbax.checkpoint as ocp
 from posediff_jax import checkpoint
 from tests import tiny_run
 
-PIECES = [{"train.lifter_steps": 2, "train.steps": 0}, {"train.lifter_steps": 2, "train.steps": 2}]
+# Only the second piece evaluates (data-parallel over both processes); the first just checkpoints.
+PIECES = [{"train.lifter_steps": 2, "train.steps": 0, "train.final_eval": False},
+          {"train.lifter_steps": 2, "train.steps": 2}]
 
 _WORKER = """
 import json, sys

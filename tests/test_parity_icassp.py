@@ -17,15 +17,18 @@ import pytest
 
 from configs import icassp_h36m
 from posediff_jax import cameras
+from posediff_jax import checkpoint
 from posediff_jax import evaluation
 from posediff_jax import metrics
 from posediff_jax import safe_load
 from posediff_jax import skeleton
+from posediff_jax import training
 from posediff_jax.convert import common
 from posediff_jax.convert import diffpose as convert_diffpose
 from posediff_jax.convert import icassp as convert
 from posediff_jax.data import h36m
 from posediff_jax.data import pipeline
+from posediff_jax.data import synthetic
 from posediff_jax.diffusion import ddim
 from posediff_jax.diffusion import schedules
 from posediff_jax.families import diffpose
@@ -34,6 +37,7 @@ from posediff_jax.models import icassp as icassp_models
 from posediff_jax.models import layers
 from tests.conftest import REPO_ROOT, parity_dir, parity_root
 # The DiffPose parity tests' helpers: relative-error check, table parser, CLI runner.
+from tests import tiny_run
 from tests.test_parity_diffpose import _run, _table_rows, assert_close
 
 # Upstream's world->camera ran through torch's CPU cross product (a fused multiply-add); float32
@@ -463,3 +467,34 @@ def test_cli_rejects_a_diffpose_denoiser_given_as_icassp(root, tmp_path):
   assert "expected an ICASSP'24 cross-channel denoiser" in proc.stderr
   assert not (tmp_path / "ckpt").exists()
 
+
+
+@pytest.mark.slow
+def test_cli_lifter_only_conversion_starts_training_but_is_not_evaluated(root, fixture_json,
+                                                                        tmp_path):
+  overrides = config_overrides(root, fixture_json)
+  sizes = [f"--config.{k}={v}" for k, v in overrides.items() if k.startswith("lifter.")]
+  # DiffPose's converter writes the lifter; ICASSP training may start from it (same GraFormer).
+  ckpt = tmp_path / "lifter"
+  _run(["convert_torch_weights.py", "--family=diffpose", f"--lifter={root / 'lifter.pth'}",
+        f"--output={ckpt}", *sizes])
+  params, meta, _ = checkpoint.load_model(ckpt)
+  assert sorted(params) == ["lifter"] and meta["family"] == "diffpose"
+  proc = subprocess.run(
+      [sys.executable, "evaluate.py", "--config=configs/icassp_h36m.py:cpn", f"--checkpoint={ckpt}",
+       *[f"--config.{k}={v}" for k, v in overrides.items()]],
+      cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 2, proc.stderr
+  assert "holds a 'diffpose' model" in proc.stderr
+  data = tmp_path / "data"
+  synthetic.ensure_synthetic_data(data, frames_per_sequence=tiny_run.FRAMES_PER_SEQUENCE)
+  config = tiny_run.tiny_family_config("icassp", data, {
+      **{k: v for k, v in overrides.items() if k.startswith("lifter.")},
+      "train.lifter_checkpoint": str(ckpt), "train.lifter_steps": 0, "train.steps": 1,
+      "train.checkpoint_every": 1, "eval.batch_size": 2048})
+  result = training.train_and_evaluate(config, tmp_path / "run")
+  assert result["step"] == 1
+  trained, meta, _ = checkpoint.load_model(tmp_path / "run")
+  assert meta["family"] == "icassp"
+  for got, want in zip(jax.tree.leaves(trained["lifter"]), jax.tree.leaves(params["lifter"])):
+    np.testing.assert_array_equal(got, want)  # the lifter stays frozen

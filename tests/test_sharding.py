@@ -1,10 +1,11 @@
-"""Data parallelism: a batch sharded over 8 devices gives the 1-device results.
+"""Data parallelism: a batch sharded over 8 devices gives the 1-device results, for every family.
 
 JAX fixes its device count when it starts, so the comparison runs in a fresh interpreter with 8
 simulated CPU devices (`--xla_force_host_platform_device_count=8`). It computes everything twice
-in that process, once on device 0 alone and once with the batch sharded over a ('data',) mesh of
-all 8 devices and the parameters and state replicated, and saves both to an npz for this process to
-compare.
+in that process, once on device 0 alone and once with the batch sharded over the `data` axis of an
+8-device mesh and the parameters and state replicated, and saves both to an npz for this process
+to compare. The whole evaluation is compared the same way, between the meshes (data 8, model 1)
+and (data 1, model 8), where every device computes the whole batch.
 """
 
 import functools
@@ -20,6 +21,7 @@ BATCH = 64
 # and folds hypotheses into the batch axis, where sharded random draws must match unsharded ones.
 PREDICT_CASES = {"upstream": {"sampling.hypotheses": 1, "sampling.eta": 0.0},
                  "noisy": {"sampling.hypotheses": 2, "sampling.eta": 0.5}}
+FAMILIES = ("diffpose", "icassp")
 
 
 def _random_params(config, rng: np.random.Generator):
@@ -47,55 +49,69 @@ def _random_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
           "action": rng.integers(0, 15, BATCH).astype(np.int32)}
 
 
-def compute_on_one_and_all_devices(out_path: str) -> None:
-  """The subprocess's work: predictions and one denoiser train step, unsharded and sharded."""
+def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
+  """The subprocess's work: predictions, one denoiser train step and an evaluation, per family."""
   import jax  # pylint: disable=g-import-not-at-top
+  from posediff_jax import datasets  # pylint: disable=g-import-not-at-top
   from posediff_jax import evaluation  # pylint: disable=g-import-not-at-top
   from posediff_jax import families  # pylint: disable=g-import-not-at-top
+  from posediff_jax import sharding  # pylint: disable=g-import-not-at-top
   from posediff_jax import training  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == NUM_DEVICES, jax.devices()
-  mesh = training.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  rng = np.random.default_rng(0)
-  config = tiny_run.tiny_config("unused")
-  params = _random_params(config, rng)
-  batch = _random_batch(rng)
-  sharded_batch = jax.device_put(batch, by_batch)
+  mesh = sharding.make_mesh()
+  replicated = sharding.replicated(mesh)
+  by_batch = sharding.by_batch(mesh)
   out = {}
 
   def save(prefix, tree):
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       out[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
 
-  for case, overrides in PREDICT_CASES.items():
-    predict = evaluation.make_predict_fn(tiny_run.tiny_config("unused", overrides))
-    key = jax.random.key(7)
-    save(f"predict/{case}/one", predict(params, batch["input_2d"], key))
-    pred = predict(jax.device_put(params, replicated), sharded_batch["input_2d"], key)
-    out[f"predict/{case}/shard_rows"] = np.array([s.data.shape[0] for s in pred.addressable_shards])
-    save(f"predict/{case}/all", pred)
+  for name in FAMILIES:
+    rng = np.random.default_rng(0)
+    config = tiny_run.tiny_family_config(name, data_root)
+    params = _random_params(config, rng)
+    batch = _random_batch(rng)
+    sharded_batch = jax.device_put(batch, by_batch)
+    for case, overrides in PREDICT_CASES.items():
+      predict = evaluation.make_predict_fn(tiny_run.tiny_family_config(name, data_root, overrides))
+      key = jax.random.key(7)
+      save(f"{name}/predict/{case}/one", predict(params, batch["input_2d"], key))
+      pred = predict(jax.device_put(params, replicated), sharded_batch["input_2d"], key)
+      out[f"{name}/predict/{case}/shard_rows"] = np.array(
+          [s.data.shape[0] for s in pred.addressable_shards])
+      save(f"{name}/predict/{case}/all", pred)
 
-  family = families.get(config.family)
-  steps_per_epoch = 10
-  optimizers = {name: training.make_optimizer(config, name, steps_per_epoch)
-                for name in family.STAGES}
-  state = training.init_state(config, params, optimizers)
-  # The denoiser's step draws per-sample timesteps, noise and dropout masks across the batch.
-  step = training.make_train_step(config, "denoiser", optimizers["denoiser"],
-                                  family.LOSSES["denoiser"])
-  save("step/denoiser/one", jax.jit(step)(state, batch))
-  sharded_step = jax.jit(step, out_shardings=(replicated, replicated))
-  save("step/denoiser/all", sharded_step(jax.device_put(state, replicated), sharded_batch))
+    family = families.get(config.family)
+    steps_per_epoch = 10
+    optimizers = {stage: training.make_optimizer(config, stage, steps_per_epoch)
+                  for stage in family.STAGES}
+    state = training.init_state(config, params, optimizers)
+    # The denoiser's step draws per-sample timesteps, noise and dropout masks across the batch.
+    step = training.make_train_step(config, "denoiser", optimizers["denoiser"],
+                                    family.LOSSES["denoiser"])
+    save(f"{name}/step/denoiser/one", jax.jit(step)(state, batch))
+    sharded_step = jax.jit(step, out_shardings=(replicated, replicated))
+    save(f"{name}/step/denoiser/all",
+         sharded_step(jax.device_put(state, replicated), sharded_batch))
+
+    test = datasets.load_split(config, "test")
+    for layout, mesh_sizes in (("one", (1, NUM_DEVICES)), ("all", (NUM_DEVICES, 1))):
+      eval_config = tiny_run.tiny_family_config(
+          name, data_root, {"mesh.data": mesh_sizes[0], "mesh.model": mesh_sizes[1],
+                            "eval.batch_size": 64})
+      table = evaluation.evaluate(eval_config, params, test, max_batches=3, progress=False)
+      out[f"{name}/eval/{layout}"] = np.array(table.averages())
   np.savez(out_path, **out)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
   out = tmp_path_factory.mktemp("sharding") / "results.npz"
+  data = tiny_run.tiny_data(tmp_path_factory)
   code = ("from tests import test_sharding; "
-          f"test_sharding.compute_on_one_and_all_devices({str(out)!r})")
+          f"test_sharding.compute_on_one_and_all_devices({str(out)!r}, {str(data)!r})")
   tiny_run.python(["-c", code], devices=NUM_DEVICES,
                   cache_dir=tiny_run.session_dir(tmp_path_factory, "xla_cache"))
   with np.load(out) as f:
@@ -110,9 +126,10 @@ def _pairs(results, prefix):
   return {name: (one[name], every[name]) for name in one}
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("case", sorted(PREDICT_CASES))
-def test_predict_with_sharded_batch_matches_one_device(results, case):
-  ((one, every),) = _pairs(results, f"predict/{case}").values()
+def test_predict_with_sharded_batch_matches_one_device(results, family, case):
+  ((one, every),) = _pairs(results, f"{family}/predict/{case}").values()
   assert one.shape == (BATCH, 17, 3) and np.all(np.isfinite(one))
   # Float32 noise relative to the output's scale (arbitrary weights give poses of a few metres).
   np.testing.assert_allclose(every, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
@@ -121,14 +138,22 @@ def test_predict_with_sharded_batch_matches_one_device(results, case):
 def test_upstream_predict_keeps_the_batch_split_over_the_devices(results):
   # Each device holds its own 8 rows of the output. (With 2 hypotheses the output currently comes
   # back replicated on every device; its values still match, see above.)
-  rows = list(results["predict/upstream/shard_rows"])
+  rows = list(results["diffpose/predict/upstream/shard_rows"])
   assert rows == [BATCH // NUM_DEVICES] * NUM_DEVICES
 
 
-def test_denoiser_train_step_with_sharded_batch_matches_one_device(results):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_data_parallel_evaluation_matches_replicated_evaluation(results, family):
+  one, every = results[f"{family}/eval/one"], results[f"{family}/eval/all"]
+  assert np.all(np.isfinite(one)) and np.all(one > 0)
+  np.testing.assert_allclose(every, one, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_denoiser_train_step_with_sharded_batch_matches_one_device(results, family):
   stage = "denoiser"
-  lr = tiny_run.tiny_config("unused").train.lr
-  pairs = _pairs(results, f"step/{stage}")
+  lr = tiny_run.tiny_family_config(family, "unused").train.lr
+  pairs = _pairs(results, f"{family}/step/{stage}")
   groups = {"measurements": {}, "moments": {}, "weights": {}, "carried": {}}
   for name, pair in pairs.items():
     if name.startswith("[1]"):
@@ -217,3 +242,18 @@ def _leaves(tree) -> list[np.ndarray]:
   import jax  # pylint: disable=g-import-not-at-top
 
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_mesh_shape_from_the_config():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from posediff_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  mesh = lambda **kw: ml_collections.ConfigDict(kw)
+  assert sharding.mesh_shape(None, 8) == (8, 1)
+  assert sharding.mesh_shape(mesh(data=-1, model=1), 8) == (8, 1)
+  assert sharding.mesh_shape(mesh(data=-1, model=2), 8) == (4, 2)
+  assert sharding.mesh_shape(mesh(data=2, model=4), 8) == (2, 4)
+  with pytest.raises(ValueError, match=r"needs 3 devices, but there are 8"):
+    sharding.mesh_shape(mesh(data=3, model=1), 8)
+  with pytest.raises(ValueError, match=r"mesh.model=3 does not divide the 8 devices"):
+    sharding.mesh_shape(mesh(data=-1, model=3), 8)

@@ -66,6 +66,29 @@ def tiny_config(data_root, overrides: dict | None = None):
   return config
 
 
+# The tiny sizes of the other families, on top of their own Human3.6M configs.
+FAMILY_OVERRIDES = {
+    "icassp": {k: v for k, v in OVERRIDES.items() if k != "eval.batch_size"},
+}
+
+
+def tiny_family_config(family: str, data_root, overrides: dict | None = None):
+  """`tiny_config` for DiffPose; for another family its configs/<family>_h36m.py made tiny."""
+  if family == "diffpose":
+    return tiny_config(data_root, overrides)
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  config = importlib.import_module(f"configs.{family}_h36m").get_config()
+  config.data.root = str(data_root)
+  for dotted, value in {**FAMILY_OVERRIDES[family], **(overrides or {})}.items():
+    *sections, field = dotted.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  return config
+
+
 def python(args: list[str], *, cache_dir, devices: int | None = None, timeout: float = 600,
            check: bool = True) -> subprocess.CompletedProcess:
   """Runs `python ARGS` in the repository root on CPU, sharing the XLA compilation cache.

@@ -18,6 +18,8 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.models import diffpose as models
 
 STAGES = ("lifter", "denoiser")
+# Checkpoints whose lifter this family can start from (both use DiffPose's GraFormer).
+LIFTER_FAMILIES = ("diffpose", "icassp")
 
 
 def lifter_module(config) -> models.GCNLifter:
@@ -38,21 +40,33 @@ def checkpoint_meta(config) -> dict:
 def convert(config, denoiser_path, lifter_path) -> tuple[dict, dict[str, list[str]]]:
   """Released torch checkpoints -> ({'lifter': ..., 'denoiser': ...}, {part: unused torch keys}).
 
-  Both files are upstream's lists; element 0 (the live weights) is what upstream evaluates.
+  Both files are upstream's lists; element 0 (the live weights) is what upstream evaluates. With
+  `denoiser_path` None only the lifter is converted (a start for training a denoiser).
   """
+  return convert_parts(config, denoiser_path, lifter_path, convert_diffpose.convert_denoiser,
+                       "DiffPose", "diffpose_uvxyz_*.pth")
+
+
+def convert_parts(config, denoiser_path, lifter_path, convert_denoiser, name: str,
+                  denoiser_file: str) -> tuple[dict, dict[str, list[str]]]:
+  """The lifter (DiffPose's GraFormer) and, if given, the denoiser with `convert_denoiser`."""
   if not lifter_path:
-    raise ValueError("DiffPose needs both files: --checkpoint (denoiser, diffpose_uvxyz_*.pth) and "
-                     "--lifter (gcn_xyz_*.pth)")
-  den_sd = convert_common.extract_state_dict(safe_load.load_torch_checkpoint(denoiser_path),
-                                             denoiser_path)
+    raise ValueError(f"{name} needs --lifter (DiffPose's gcn_xyz_*.pth), with --checkpoint "
+                     f"({denoiser_file}) for a complete model, or alone to train a denoiser")
+  params, unused = {}, {}
+  # The denoiser first: a checkpoint of the wrong family is the likelier mistake, and says so.
+  if denoiser_path:
+    den_sd = convert_common.extract_state_dict(safe_load.load_torch_checkpoint(denoiser_path),
+                                               denoiser_path)
+    params["denoiser"], den_report = convert_denoiser(den_sd, config.model,
+                                                      source=str(denoiser_path))
+    unused["denoiser"] = list(den_report.unused)
   lift_sd = convert_common.extract_state_dict(safe_load.load_torch_checkpoint(lifter_path),
                                               lifter_path)
-  denoiser, den_report = convert_diffpose.convert_denoiser(den_sd, config.model,
-                                                          source=str(denoiser_path))
-  lifter, lift_report = convert_diffpose.convert_lifter(lift_sd, config.lifter,
-                                                       source=str(lifter_path))
-  return ({"lifter": lifter, "denoiser": denoiser},
-          {"lifter": list(lift_report.unused), "denoiser": list(den_report.unused)})
+  params["lifter"], lift_report = convert_diffpose.convert_lifter(lift_sd, config.lifter,
+                                                                 source=str(lifter_path))
+  unused["lifter"] = list(lift_report.unused)
+  return params, unused
 
 
 def init_params(config, key) -> dict:

@@ -13,10 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from posediff_jax import safe_load
 from posediff_jax import skeleton
-from posediff_jax.convert import common as convert_common
-from posediff_jax.convert import diffpose as convert_diffpose
 from posediff_jax.convert import icassp as convert_icassp
 from posediff_jax.diffusion import ddim
 from posediff_jax.diffusion import schedules
@@ -24,6 +21,8 @@ from posediff_jax.families import diffpose
 from posediff_jax.models import icassp as models
 
 STAGES = ("lifter", "denoiser")
+# Checkpoints whose lifter this family can start from (both use DiffPose's GraFormer).
+LIFTER_FAMILIES = ("diffpose", "icassp")
 
 # DiffPose's lifter, schedule, sampler steps and root subtraction, unchanged.
 lifter_module = diffpose.lifter_module
@@ -47,21 +46,11 @@ def convert(config, denoiser_path, lifter_path) -> tuple[dict, dict[str, list[st
   """Released torch checkpoints -> ({'lifter': ..., 'denoiser': ...}, {part: unused torch keys}).
 
   The denoiser is upstream's `ckpt_{cpn,gt}.pth`, the lifter DiffPose's `gcn_xyz_{cpn,gt}.pth`; of
-  both lists element 0 (the live weights) is what upstream evaluates.
+  both lists element 0 (the live weights) is what upstream evaluates. With `denoiser_path` None only
+  the lifter is converted (a start for training a denoiser).
   """
-  if not lifter_path:
-    raise ValueError("ICASSP needs both files: --checkpoint (denoiser, ckpt_*.pth) and --lifter "
-                     "(DiffPose's gcn_xyz_*.pth)")
-  den_sd = convert_common.extract_state_dict(safe_load.load_torch_checkpoint(denoiser_path),
-                                             denoiser_path)
-  lift_sd = convert_common.extract_state_dict(safe_load.load_torch_checkpoint(lifter_path),
-                                              lifter_path)
-  denoiser, den_report = convert_icassp.convert_denoiser(den_sd, config.model,
-                                                         source=str(denoiser_path))
-  lifter, lift_report = convert_diffpose.convert_lifter(lift_sd, config.lifter,
-                                                       source=str(lifter_path))
-  return ({"lifter": lifter, "denoiser": denoiser},
-          {"lifter": list(lift_report.unused), "denoiser": list(den_report.unused)})
+  return diffpose.convert_parts(config, denoiser_path, lifter_path,
+                                convert_icassp.convert_denoiser, "ICASSP", "ckpt_*.pth")
 
 
 def init_params(config, key) -> dict:

@@ -1,0 +1,103 @@
+"""Which data a config reads, and how: single frames (DiffPose, ICASSP) or clips (D3DP family).
+
+`config.data.layout` says which ("frames" when absent). Frame configs read DiffPose's GMM files
+through `data.h36m`; clip configs read VideoPose3D's files or MPI-INF-3DHP's (`config.data.dataset`)
+through `data.video`. Training and evaluation only talk to this module, so they never branch on
+the file format themselves.
+"""
+
+import pathlib
+from typing import Any
+
+from posediff_jax import skeleton
+from posediff_jax.data import h36m
+from posediff_jax.data import pipeline
+from posediff_jax.data import synthetic
+
+def layout(config) -> str:
+  value = config.data.get("layout", "frames")
+  if value not in ("frames", "clips"):
+    raise ValueError(f"config.data.layout must be 'frames' or 'clips', got {value!r}")
+  return value
+
+
+def joint_symmetry(config) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+  """(left joints, right joints, root joint) of the dataset's skeleton."""
+  if config.data.get("dataset", "h36m") == "3dhp":
+    return skeleton.MPI3DHP_LEFT, skeleton.MPI3DHP_RIGHT, skeleton.MPI3DHP_ROOT_JOINT
+  return skeleton.H36M_LEFT, skeleton.H36M_RIGHT, skeleton.ROOT_JOINT
+
+
+def _require(path: pathlib.Path, field: str) -> pathlib.Path:
+  if not path.is_file():
+    raise FileNotFoundError(f"data file {path} (config.data.root + config.data.{field}) not found; "
+                            "see README 'Data' for where to get it, or use configs/demo.py")
+  return path
+
+
+def data_paths(config) -> dict[str, pathlib.Path]:
+  """The files `config.data` names, generating the synthetic set first if asked."""
+  root = pathlib.Path(config.data.root)
+  if config.data.get("dataset", "h36m") == "3dhp":
+    if config.data.get("generate_synthetic", False):
+      from posediff_jax.data import synthetic_3dhp  # pylint: disable=g-import-not-at-top
+      synthetic_3dhp.ensure_synthetic_3dhp(root)
+    return {"train": _require(root / config.data.file_train, "file_train"),
+            "test": _require(root / config.data.file_test, "file_test")}
+  if config.data.get("generate_synthetic", False):
+    synthetic.ensure_synthetic_data(root)
+  if layout(config) == "clips":
+    return {"3d": _require(root / config.data.file_3d, "file_3d"),
+            "2d": _require(root / config.data.file_2d, "file_2d")}
+  return {"3d": _require(root / config.data.file_3d, "file_3d"),
+          "train_2d": _require(root / config.data.train_2d, "train_2d"),
+          "test_2d": _require(root / config.data.test_2d, "test_2d")}
+
+
+def load_split(config, split: str) -> Any:
+  """The train or test split: an `h36m.FrameSet`, or a list of `video.VideoSequence` for clips.
+
+  Frames: `config.data.kernel` ("weighted" when absent) and `config.data.fixed_resolution` (each
+  camera's own resolution when absent or None) are passed on to `h36m.load_frame_set`.
+  """
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+  paths = data_paths(config)
+  if layout(config) == "clips":
+    from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
+    if config.data.get("dataset", "h36m") == "3dhp":
+      loader = video.load_3dhp_train if split == "train" else video.load_3dhp_test
+      return loader(paths[split])
+    subjects = config.data.train_subjects if split == "train" else config.data.test_subjects
+    return video.load_h36m_videos(paths["3d"], paths["2d"], tuple(subjects))
+  subjects = config.data.train_subjects if split == "train" else config.data.test_subjects
+  resolution = config.data.get("fixed_resolution")
+  return h36m.load_frame_set(paths["3d"], paths[f"{split}_2d"], tuple(subjects),
+                             plain_2d_var=config.data.plain_2d_var,
+                             fixed_resolution=tuple(resolution) if resolution else None,
+                             kernel=config.data.get("kernel", "weighted"))
+
+
+def num_train_examples(config, data) -> int:
+  """Examples in one training epoch: frames, or clips (chunks, doubled by flip augmentation)."""
+  if layout(config) == "clips":
+    from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
+    lengths = [len(s.input_2d) for s in data]
+    return len(video.chunk_index(lengths, config.model.num_frames,
+                                 config.train.get("flip_augment", False)))
+  return len(data.target_3d)
+
+
+def train_dataset(config, data, *, batch_size: int, shard_index: int, shard_count: int):
+  """The checkpointable training stream of `batch_size` examples per batch on this process."""
+  if layout(config) == "clips":
+    from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
+    left, right, _ = joint_symmetry(config)
+    return video.train_dataset(
+        data, num_frames=config.model.num_frames, batch_size=batch_size, seed=config.seed,
+        shard_index=shard_index, shard_count=shard_count,
+        flip_augment=config.train.get("flip_augment", False), left=left, right=right,
+        worker_count=config.data.worker_count)
+  return pipeline.train_dataset(data, batch_size=batch_size, seed=config.seed,
+                                shard_index=shard_index, shard_count=shard_count,
+                                worker_count=config.data.worker_count)
