@@ -1,11 +1,17 @@
-"""Human3.6M cameras: the published calibration table and the camera maths used on the data side.
+"""Cameras: the Human3.6M calibration table, the camera maths, and the MPI-INF-3DHP test cameras.
 
-The numbers are the VideoPose3D constants (`common/h36m_dataset.py`), which DiffPose and its
-successors copy unchanged. Camera frames follow VideoPose3D: `x_cam = R^-1 (x_world - t)` with the
-rotation given as a unit quaternion `(w, x, y, z)`; lengths are metres.
+The Human3.6M numbers are the VideoPose3D constants (`common/h36m_dataset.py`), which DiffPose and
+its successors copy unchanged. Camera frames follow VideoPose3D: `x_cam = R^-1 (x_world - t)` with
+the rotation given as a unit quaternion `(w, x, y, z)`; lengths are metres.
 
-Everything here is numpy. `qrot`, `qinverse`, `world_to_camera`, `camera_to_world` and
-`project_to_pixels` also accept jax arrays (and then return jax arrays).
+`project_to_2d` / `project_to_2d_linear` project with a 9-entry intrinsic vector
+`[fx, fy, cx, cy, k1, k2, k3, p1, p2]` (VideoPose3D `common/camera.py`); D3DP's JPMA uses them.
+The two MPI-INF-3DHP test cameras (TS1-4 and TS5-6) are the mm values upstream `main_3dhp.py`
+hard-codes, converted with `cam_mm_to_pix`.
+
+Everything here is numpy. `qrot`, `qinverse`, `world_to_camera`, `camera_to_world`,
+`project_to_pixels`, `project_to_2d` and `project_to_2d_linear` also accept jax arrays (and then
+return jax arrays), so they run under `jax.jit`.
 """
 
 import dataclasses
@@ -353,3 +359,162 @@ def normalized_intrinsics(cam: Camera) -> np.ndarray:
     raise ValueError(f"normalized_intrinsics: unknown camera id {cam.id!r}; expected one of "
                      f"{H36M_CAMERA_IDS}")
   return np.array(_DIFFPOSE_CAMERA_PARA[cam.id], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intrinsic-vector projections (VideoPose3D `common/camera.py`), used by the JPMA reprojection.
+
+
+def _intrinsic_for(points, intrinsic, xp, name: str):
+  """Checks shapes and gives `intrinsic` singleton axes so it broadcasts against `points`."""
+  if points.shape[-1] != 3:
+    raise ValueError(f"{name}: expected points [..., 3], got shape {points.shape}")
+  if intrinsic.shape[-1] != 9 or intrinsic.ndim > points.ndim - 1:
+    raise ValueError(f"{name}: expected intrinsic [9] or [..., 9] whose leading axes are a prefix "
+                     f"of the points' leading axes, got intrinsic {intrinsic.shape} for points "
+                     f"{points.shape}")
+  lead = intrinsic.shape[:-1]
+  if points.shape[:len(lead)] != lead:
+    raise ValueError(f"{name}: intrinsic leading axes {lead} do not match points "
+                     f"{points.shape[:len(lead)]}")
+  # Like upstream's unsqueeze(1) loop: the camera axes are a prefix, the rest broadcast.
+  pad = (1,) * (points.ndim - 1 - len(lead))
+  return xp.reshape(intrinsic, lead + pad + (9,))
+
+
+def _image_plane(points, xp):
+  # VideoPose3D clamps x/z and y/z to [-1, 1] so that points far off-axis cannot fold back.
+  return xp.clip(points[..., :2] / points[..., 2:], -1, 1)
+
+
+def project_to_2d(points, intrinsic):
+  """VideoPose3D's `project_to_2d`: perspective projection with its distortion approximation.
+
+  With XX = clamp(X_xy / Z, -1, 1), r2 = |XX|^2, radial = 1 + (k1 r2 + k2 r2^2 + k3 r2^3),
+  tan = p·XX: uv = f * (XX * (radial + tan) + p * r2) + c. This is not OpenCV's model.
+
+  Args:
+    points: [..., J, 3] camera-frame points (z > 0); numpy or jax.
+    intrinsic: [9] or [..., 9] `[fx, fy, cx, cy, k1, k2, k3, p1, p2]`; the leading axes of a
+      batched intrinsic must be a prefix of the points' leading axes (one camera per item).
+
+  Returns:
+    [..., J, 2] projected coordinates, in the units of f and c (normalised screen units for the
+    Human3.6M intrinsic vector, pixels for `cam_mm_to_pix`).
+  """
+  xp = _array_module(points, intrinsic)
+  points = xp.asarray(points, dtype=_float_dtype(points))
+  cam = _intrinsic_for(points, xp.asarray(intrinsic), xp, "project_to_2d").astype(points.dtype)
+  f, c, k, p = cam[..., :2], cam[..., 2:4], cam[..., 4:7], cam[..., 7:]
+  xx = _image_plane(points, xp)
+  r2 = xp.sum(xx ** 2, axis=-1, keepdims=True)
+  powers = xp.concatenate([r2, r2 ** 2, r2 ** 3], axis=-1)
+  radial = 1 + xp.sum(k * powers, axis=-1, keepdims=True)
+  tangential = xp.sum(p * xx, axis=-1, keepdims=True)
+  return f * (xx * (radial + tangential) + p * r2) + c
+
+
+def project_to_2d_linear(points, intrinsic):
+  """VideoPose3D's `project_to_2d_linear`: uv = f * clamp(X_xy / Z, -1, 1) + c, no distortion.
+
+  Args:
+    points: [..., J, 3] camera-frame points; numpy or jax.
+    intrinsic: [9] or [..., 9] as for `project_to_2d`; only the first four entries are used.
+
+  Returns:
+    [..., J, 2] projected coordinates.
+  """
+  xp = _array_module(points, intrinsic)
+  points = xp.asarray(points, dtype=_float_dtype(points))
+  cam = _intrinsic_for(points, xp.asarray(intrinsic), xp,
+                       "project_to_2d_linear").astype(points.dtype)
+  return cam[..., :2] * _image_plane(points, xp) + cam[..., 2:4]
+
+
+def cam_mm_to_pix(focal_mm, centre_offset_mm, sensor_size_mm, image_size_px) -> np.ndarray:
+  """A camera given in millimetres as a pixel intrinsic vector (upstream `main_3dhp.cam_mm_to_pix`).
+
+  fx = f * w / sensor_w, fy = f * h / sensor_h, cx = offset_x * w / sensor_w + w / 2 and
+  cy = offset_y * h / sensor_h + h / 2; the distortion entries are 0.
+
+  Args:
+    focal_mm: focal length in mm (a scalar, or (fx, fy)).
+    centre_offset_mm: (x, y) principal-point offset from the sensor centre in mm.
+    sensor_size_mm: (width, height) of the sensor in mm.
+    image_size_px: (width, height) of the image in pixels.
+
+  Returns:
+    float32 [9] `[fx, fy, cx, cy, 0, 0, 0, 0, 0]` in pixels.
+  """
+  focal = np.broadcast_to(np.asarray(focal_mm, np.float64), (2,))
+  offset = np.asarray(centre_offset_mm, np.float64)
+  sensor = np.asarray(sensor_size_mm, np.float64)
+  size = np.asarray(image_size_px, np.float64)
+  for name, value in (("centre_offset_mm", offset), ("sensor_size_mm", sensor),
+                      ("image_size_px", size)):
+    if value.shape != (2,):
+      raise ValueError(f"cam_mm_to_pix: {name} must be a pair (x, y), got shape {value.shape}")
+  if np.any(sensor <= 0) or np.any(size <= 0):
+    raise ValueError(f"cam_mm_to_pix: sensor_size_mm {sensor.tolist()} and image_size_px "
+                     f"{size.tolist()} must be positive")
+  # Upstream holds the mm values in a float32 tensor before converting them.
+  focal = focal.astype(np.float32).astype(np.float64)
+  offset = offset.astype(np.float32).astype(np.float64)
+  px_per_mm = size / sensor
+  intrinsic = np.zeros(9, np.float64)
+  intrinsic[:2] = focal * px_per_mm
+  intrinsic[2:4] = offset * px_per_mm + size / 2
+  return intrinsic.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mpi3dhpTestCamera:
+  """The intrinsics upstream main_3dhp.py hard-codes for a group of MPI-INF-3DHP test sequences.
+
+  Attributes:
+    sequences: the test sequences ('TS1'...) that use this camera.
+    focal_mm: focal length in mm.
+    centre_offset_mm: principal-point offset from the sensor centre, mm.
+    sensor_size_mm: (width, height) of the sensor, mm.
+    image_size: (width, height) of the images, pixels; also the 2D normalisation size.
+    projection: 'linear' (`project_to_2d_linear`) or 'distorted' (`project_to_2d`; all
+      distortion coefficients are 0 here, so both give the same numbers).
+  """
+  sequences: tuple[str, ...]
+  focal_mm: float
+  centre_offset_mm: tuple[float, float]
+  sensor_size_mm: tuple[float, float]
+  image_size: tuple[int, int]
+  projection: str
+
+  @property
+  def intrinsic(self) -> np.ndarray:
+    """float32 [9] pixel intrinsic vector (`cam_mm_to_pix`)."""
+    return cam_mm_to_pix(self.focal_mm, self.centre_offset_mm, self.sensor_size_mm,
+                         self.image_size)
+
+  def project(self, points):
+    """[..., J, 3] camera-frame points (mm) to [..., J, 2] pixels with this camera's projection."""
+    if self.projection == "linear":
+      return project_to_2d_linear(points, self.intrinsic)
+    return project_to_2d(points, self.intrinsic)
+
+
+MPI3DHP_CAMERA_TS1_4 = Mpi3dhpTestCamera(
+    sequences=("TS1", "TS2", "TS3", "TS4"), focal_mm=7.32506,
+    centre_offset_mm=(-0.0322884, 0.0929296), sensor_size_mm=(10.0, 10.0),
+    image_size=(2048, 2048), projection="linear")
+MPI3DHP_CAMERA_TS5_6 = Mpi3dhpTestCamera(
+    sequences=("TS5", "TS6"), focal_mm=8.770747185,
+    centre_offset_mm=(-0.104908645, 0.104899704), sensor_size_mm=(10.0, 5.625),
+    image_size=(1920, 1080), projection="distorted")
+MPI3DHP_TEST_SEQUENCES = MPI3DHP_CAMERA_TS1_4.sequences + MPI3DHP_CAMERA_TS5_6.sequences
+
+
+def mpi3dhp_test_camera(sequence: str) -> Mpi3dhpTestCamera:
+  """The camera upstream uses for one MPI-INF-3DHP test sequence ('TS1' ... 'TS6')."""
+  for camera in (MPI3DHP_CAMERA_TS1_4, MPI3DHP_CAMERA_TS5_6):
+    if sequence in camera.sequences:
+      return camera
+  raise ValueError(f"mpi3dhp_test_camera: unknown test sequence {sequence!r}; expected one of "
+                   f"{MPI3DHP_TEST_SEQUENCES}")
