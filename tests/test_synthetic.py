@@ -34,7 +34,8 @@ def test_file_names_and_keys(data):
   assert {k: p.name for k, p in paths.items()} == {
       "3d": "data_3d_h36m.npz", "2d_gt": "data_2d_h36m_gt.npz",
       "2d_gt_gmm": "data_2d_h36m_gt_gmm.npz",
-      "2d_cpn_gmm": "data_2d_h36m_cpn_ft_h36m_dbb_gmm.npz"}
+      "2d_cpn_gmm": "data_2d_h36m_cpn_ft_h36m_dbb_gmm.npz",
+      "2d_cpn": "data_2d_h36m_cpn_ft_h36m_dbb.npz"}
   assert set(loaded["3d"]) == {"positions_3d"}
   assert set(loaded["2d_gt"]) == {"positions_2d", "metadata"}
   assert set(loaded["2d_gt_gmm"]) == {"positions_2d"}
@@ -251,6 +252,6 @@ def test_bad_arguments(tmp_path):
 
 def test_command_line(tmp_path, capsys):
   synthetic.main(["--out", str(tmp_path), "--frames", "2", "--seed", "3"])
-  assert len(capsys.readouterr().out.splitlines()) == 4
+  assert len(capsys.readouterr().out.splitlines()) == 5
   pose = safe_load.load_pickled_npz(tmp_path / "data_3d_h36m.npz")["positions_3d"]["S11"]
   assert pose["Walking"].shape == (2, 32, 3)

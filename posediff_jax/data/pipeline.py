@@ -9,6 +9,9 @@ The data side knows no model: both yield dicts of numpy arrays,
 - `action` int32 `[B]`: index into `h36m.ACTIONS`,
 
 and evaluation batches add `valid` bool `[B]` and `index` int32 `[B]` (row in the `FrameSet`).
+
+`ShuffledBatchIndices` (the per-epoch shuffle split across processes) and `training_stream` are
+shared with the clip pipeline of `data.video`.
 """
 
 from typing import Any, Iterator
@@ -26,26 +29,27 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 _FOREVER = 2**62
 
 
-class ShuffledBatchSource:
+class ShuffledBatchIndices:
   """A grain random-access source whose element i is one process's share of training batch i.
 
-  Each epoch draws a fresh permutation of the frames (from `seed` and the epoch number). Global
-  batch i takes the next `batch_size * shard_count` frames of that permutation and this process
-  keeps every `shard_count`-th of them, starting at `shard_index`, so the processes' shares of a
-  step are disjoint. A partial global batch at the end of an epoch is dropped. Reading a batch is a
-  vectorised gather; grain's per-element shuffle would cost ~15 us per frame in Python.
+  The element is the sample indices (int `[batch_size]`); subclasses turn them into arrays. Each
+  epoch draws a fresh permutation of the samples (from `seed` and the epoch number). Global batch i
+  takes the next `batch_size * shard_count` samples of that permutation and this process keeps
+  every `shard_count`-th of them, starting at `shard_index`, so the processes' shares of a step are
+  disjoint. A partial global batch at the end of an epoch is dropped. Reading a batch is then one
+  vectorised gather; grain's per-element shuffle would cost ~15 us per sample in Python.
   """
 
-  def __init__(self, frames: h36m.FrameSet, *, batch_size: int, seed: int, shard_index: int,
+  def __init__(self, num_samples: int, *, batch_size: int, seed: int, shard_index: int,
                shard_count: int, num_epochs: int | None):
-    self._frames = frames
+    self._num_samples = num_samples
     self._batch_size = batch_size
     self._seed = seed
     self._shard_index = shard_index
     self._shard_count = shard_count
-    self.steps_per_epoch = epoch_steps(len(frames), batch_size * shard_count)
+    self.steps_per_epoch = epoch_steps(num_samples, batch_size * shard_count)
     self._length = _FOREVER if num_epochs is None else num_epochs * self.steps_per_epoch
-    self._cache = None  # (epoch, permutation of the frames)
+    self._cache = None  # (epoch, permutation of the samples)
 
   def __len__(self) -> int:
     return self._length
@@ -53,7 +57,7 @@ class ShuffledBatchSource:
   def _permutation(self, epoch: int) -> np.ndarray:
     cached = self._cache  # one atomic read: prefetch threads may replace it concurrently
     if cached is None or cached[0] != epoch:
-      cached = (epoch, np.random.default_rng([self._seed, epoch]).permutation(len(self._frames)))
+      cached = (epoch, np.random.default_rng([self._seed, epoch]).permutation(self._num_samples))
       self._cache = cached
     return cached[1]
 
@@ -61,20 +65,49 @@ class ShuffledBatchSource:
     # Worker processes rebuild the permutation instead of receiving it.
     return {**self.__dict__, "_cache": None}
 
-  def __getitem__(self, index) -> dict[str, np.ndarray]:
+  def __getitem__(self, index) -> np.ndarray:
     index = int(index)
     if not 0 <= index < self._length:
       raise IndexError(f"batch {index} is outside the {self._length} batches of this source")
     epoch, step = divmod(index, self.steps_per_epoch)
     global_batch = self._batch_size * self._shard_count
     start = step * global_batch + self._shard_index
-    rows = self._permutation(epoch)[start:start + global_batch:self._shard_count]
+    return self._permutation(epoch)[start:start + global_batch:self._shard_count]
+
+  def __repr__(self) -> str:
+    return (f"{type(self).__name__}({self._num_samples} samples, batch {self._batch_size}, "
+            f"shard {self._shard_index}/{self._shard_count})")
+
+
+class ShuffledBatchSource(ShuffledBatchIndices):
+  """`ShuffledBatchIndices` over the frames of a `FrameSet`: element i is a dict of frame arrays."""
+
+  def __init__(self, frames: h36m.FrameSet, *, batch_size: int, seed: int, shard_index: int,
+               shard_count: int, num_epochs: int | None):
+    super().__init__(len(frames), batch_size=batch_size, seed=seed, shard_index=shard_index,
+                     shard_count=shard_count, num_epochs=num_epochs)
+    self._frames = frames
+
+  def __getitem__(self, index) -> dict[str, np.ndarray]:
+    rows = super().__getitem__(index)
     return {"gmm_2d": self._frames.gmm_2d[rows], "target_3d": self._frames.target_3d[rows],
             "action": self._frames.action[rows]}
 
-  def __repr__(self) -> str:
-    return (f"ShuffledBatchSource({len(self._frames)} frames, batch {self._batch_size}, "
-            f"shard {self._shard_index}/{self._shard_count})")
+
+def training_stream(dataset: grain.MapDataset, worker_count: int = 0) -> grain.IterDataset:
+  """A map dataset of training batches as a prefetched, checkpointable `grain.IterDataset`.
+
+  Args:
+    dataset: element i = training batch i.
+    worker_count: > 0 assembles batches in that many worker processes (`mp_prefetch`).
+
+  Returns:
+    The stream; its iterators support `get_state()` / `set_state()`.
+  """
+  stream = dataset.to_iter_dataset(_READ_OPTIONS)
+  if worker_count > 0:
+    stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return stream
 
 
 def _sample_kernels(batch: dict[str, np.ndarray], rng: np.random.Generator
@@ -128,10 +161,7 @@ def train_dataset(frame_set: h36m.FrameSet, *, batch_size: int, seed: int, shard
                                shard_index=shard_index, shard_count=shard_count,
                                num_epochs=num_epochs)
   dataset = grain.MapDataset.source(source).seed(seed).random_map(_sample_kernels)
-  dataset = dataset.to_iter_dataset(_READ_OPTIONS)
-  if worker_count > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return dataset
+  return training_stream(dataset, worker_count)
 
 
 def _eval_batch(frame_set: h36m.FrameSet, rows: np.ndarray, valid: np.ndarray) -> dict[str, Any]:

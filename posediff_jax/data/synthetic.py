@@ -22,6 +22,9 @@ Files written into `out_dir`:
   left/right swaps, worse for occluding actions such as sitting) in the CPN-like file. Kernels 1
   and 2 are perturbed copies. As in some real detection files, some CPN-like camera arrays are one
   or two frames longer than the 3D sequence; readers trim them to the 3D length.
+- `data_2d_h36m_cpn_ft_h36m_dbb.npz`: the plain VideoPose3D layout of `data_2d_h36m_gt.npz`
+  (`[T_cam, 17, 2]` pixels per camera, with `metadata`) holding kernel 0 of the CPN-like GMM file,
+  so both CPN-like files carry the same detections (the video families read this one).
 
   python -m posediff_jax.data.synthetic --out data/synthetic [--frames 128] [--seed 0]
 
@@ -59,8 +62,9 @@ FILE_3D = "data_3d_h36m.npz"
 FILE_2D_GT = "data_2d_h36m_gt.npz"
 FILE_2D_GT_GMM = "data_2d_h36m_gt_gmm.npz"
 FILE_2D_CPN_GMM = "data_2d_h36m_cpn_ft_h36m_dbb_gmm.npz"
+FILE_2D_CPN = "data_2d_h36m_cpn_ft_h36m_dbb.npz"
 FILES = {"3d": FILE_3D, "2d_gt": FILE_2D_GT, "2d_gt_gmm": FILE_2D_GT_GMM,
-         "2d_cpn_gmm": FILE_2D_CPN_GMM}
+         "2d_cpn_gmm": FILE_2D_CPN_GMM, "2d_cpn": FILE_2D_CPN}
 
 # The VideoPose3D metadata of the 2D files.
 METADATA = {"layout_name": "h36m", "num_joints": 17,
@@ -826,7 +830,7 @@ def _check_names(what: str, names: Sequence[str], known: Sequence[str]) -> None:
     raise ValueError(f"unknown {what}(s) {unknown}; expected some of {list(known)}")
 
 
-def _save_npz(path: pathlib.Path, **members) -> None:
+def save_npz(path: pathlib.Path, **members) -> None:
   """`np.savez_compressed` at the fastest deflate level (numpy's default level takes 4x longer).
 
   The file is written under a temporary name and renamed, so an interrupted run (or several
@@ -846,8 +850,9 @@ def _save_npz(path: pathlib.Path, **members) -> None:
 
 def generate(out_dir, *, frames_per_sequence: int = DEFAULT_FRAMES, seed: int = 0,
              subjects: Sequence[str] = SUBJECTS, actions: Sequence[str] = ACTIONS,
-             frame_rate_hz: float = DEFAULT_FRAME_RATE_HZ) -> dict[str, pathlib.Path]:
-  """Writes the four synthetic Human3.6M files into `out_dir` (created if needed).
+             frame_rate_hz: float = DEFAULT_FRAME_RATE_HZ,
+             only_missing: bool = False) -> dict[str, pathlib.Path]:
+  """Writes the five synthetic Human3.6M files into `out_dir` (created if needed).
 
   Args:
     out_dir: destination folder.
@@ -856,9 +861,10 @@ def generate(out_dir, *, frames_per_sequence: int = DEFAULT_FRAMES, seed: int = 
     subjects: subset of `SUBJECTS`.
     actions: subset of `ACTIONS` (base names, e.g. 'Walking').
     frame_rate_hz: frames per second of the motion.
+    only_missing: leave files that already exist in `out_dir` untouched.
 
   Returns:
-    {'3d', '2d_gt', '2d_gt_gmm', '2d_cpn_gmm'} -> path of the written file.
+    {'3d', '2d_gt', '2d_gt_gmm', '2d_cpn_gmm', '2d_cpn'} -> path of each file.
   """
   if int(frames_per_sequence) != frames_per_sequence or frames_per_sequence < 1:
     raise ValueError(f"frames_per_sequence must be a positive integer, got {frames_per_sequence!r}")
@@ -894,31 +900,39 @@ def generate(out_dir, *, frames_per_sequence: int = DEFAULT_FRAMES, seed: int = 
         cpn_gmm[subject][name].append(
             gmm_from_2d(detected[:length], rng, error_px=(detected - px)[:length]))
 
+  cpn_2d = {subject: {name: [gmm[:, :, 0, 1:3].copy() for gmm in per_camera]
+                      for name, per_camera in actions.items()}
+            for subject, actions in cpn_gmm.items()}
+
   paths = {key: out_dir / name for key, name in FILES.items()}
-  _save_npz(paths["3d"], positions_3d=positions_3d)
-  _save_npz(paths["2d_gt"], positions_2d=gt_2d, metadata=METADATA)
-  _save_npz(paths["2d_gt_gmm"], positions_2d=gt_gmm)
-  _save_npz(paths["2d_cpn_gmm"], positions_2d=cpn_gmm)
+  members = {"3d": dict(positions_3d=positions_3d),
+             "2d_gt": dict(positions_2d=gt_2d, metadata=METADATA),
+             "2d_gt_gmm": dict(positions_2d=gt_gmm), "2d_cpn_gmm": dict(positions_2d=cpn_gmm),
+             "2d_cpn": dict(positions_2d=cpn_2d, metadata=METADATA)}
+  for key, path in paths.items():
+    if not (only_missing and path.is_file()):
+      save_npz(path, **members[key])
   return paths
 
 
 def ensure_synthetic_data(out_dir, **kwargs) -> dict[str, pathlib.Path]:
-  """Generates the synthetic files into `out_dir` unless all four are already there.
+  """Generates the synthetic files missing from `out_dir`.
 
   Existing files are never checked or overwritten, so real Human3.6M files placed there are kept.
+  A missing file is generated with `kwargs`; they should match those of the files already there.
 
   Args:
     out_dir: data folder.
     **kwargs: passed to `generate` when the files are missing.
 
   Returns:
-    {'3d', '2d_gt', '2d_gt_gmm', '2d_cpn_gmm'} -> path.
+    {'3d', '2d_gt', '2d_gt_gmm', '2d_cpn_gmm', '2d_cpn'} -> path.
   """
   out_dir = pathlib.Path(out_dir)
   paths = {key: out_dir / name for key, name in FILES.items()}
   if all(p.is_file() for p in paths.values()):
     return paths
-  return generate(out_dir, **kwargs)
+  return generate(out_dir, **kwargs, only_missing=True)
 
 
 def main(argv=None) -> None:
