@@ -43,7 +43,11 @@ def training_eval_config(config):
 
 
 def make_predict_fn(config):
-  """A jitted `(params, input_2d [B, 17, 2], key) -> [B, 17, 3]` for `config.family`."""
+  """The jitted batch function `evaluate` calls: for frame families `(params, input_2d [B, 17, 2],
+  key) -> [B, 17, 3]`; for clip families `video_evaluation.make_predict_fn`'s."""
+  if datasets.layout(config) == "clips":
+    from posediff_jax import video_evaluation  # pylint: disable=g-import-not-at-top
+    return video_evaluation.make_predict_fn(config)
   family = families.get(config.family)
   return jax.jit(functools.partial(family.predict, config))
 

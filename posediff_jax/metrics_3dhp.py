@@ -23,12 +23,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from posediff_jax import skeleton
+
 # The 17 "relevant" joints in MATLAB `mpii_get_joints('relevant')` order (also the data files').
 MPI3DHP_JOINT_NAMES = ("head_top", "neck", "right_shoulder", "right_elbow", "right_wrist",
                        "left_shoulder", "left_elbow", "left_wrist", "right_hip", "right_knee",
                        "right_ankle", "left_hip", "left_knee", "left_ankle", "pelvis", "spine",
                        "head")
-MPI3DHP_ROOT_JOINT = 14
+MPI3DHP_ROOT_JOINT = skeleton.MPI3DHP_ROOT_JOINT
 NUM_JOINTS = len(MPI3DHP_JOINT_NAMES)
 
 # `mpii_get_pck_auc_joint_groups.m`, 0-based.

@@ -104,24 +104,15 @@ def make_train_step(config, stage: str, optimizer, loss_fn):
   if accum < 1:
     raise ValueError(f"train.grad_accum_steps must be >= 1, got {accum}")
 
-  scaled_gradient = config.train.get("upstream_loss_scaled_gradient", False)
-
   def loss_in_compute_dtype(params, batch, key):
     if compute_dtype != jnp.float32:
       # Parameters stay float32 in the state (and in the optimizer); only the forward pass is cast,
       # so gradients come back float32 through the cast.
       cast = lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
       params, batch = jax.tree.map(cast, params), jax.tree.map(cast, batch)
-    loss = loss_fn(config, params, batch, key).astype(jnp.float32)
-    # D3DP quirk: loss.backward(gradient=loss) makes the gradient that of ½·loss².
-    objective = 0.5 * loss * loss if scaled_gradient else loss
-    return objective, loss
+    return loss_fn(config, params, batch, key).astype(jnp.float32)
 
-  objective_grad_fn = jax.value_and_grad(loss_in_compute_dtype, has_aux=True)
-
-  def grad_fn(params, batch, key):
-    (_, loss), grads = objective_grad_fn(params, batch, key)
-    return loss, grads
+  grad_fn = jax.value_and_grad(loss_in_compute_dtype)
 
   def loss_and_grads(params, batch, key):
     if accum == 1:

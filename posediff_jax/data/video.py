@@ -39,7 +39,7 @@ from posediff_jax.data import h36m
 from posediff_jax.data import pipeline
 
 H36M_ROOT_JOINT = skeleton.ROOT_JOINT
-MPI3DHP_ROOT_JOINT = 14  # pelvis, in the order of the 17 "relevant" 3DHP joints
+MPI3DHP_ROOT_JOINT = skeleton.MPI3DHP_ROOT_JOINT
 MPI3DHP_NUM_JOINTS = 17
 # Upstream main_3dhp.py normalises all training 2D with 2048 x 2048, whatever the camera.
 MPI3DHP_TRAIN_IMAGE_SIZE = (2048, 2048)

@@ -7,7 +7,7 @@ picks one.
 
 import importlib
 
-FAMILIES = ("diffpose", "icassp")
+FAMILIES = ("diffpose", "icassp", "d3dp")
 
 
 def get(name: str):

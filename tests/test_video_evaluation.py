@@ -1,0 +1,85 @@
+"""The clip evaluator's bookkeeping: clip weighting, the overlapping last clip, 3DHP stitching.
+
+The sampler is replaced by one that predicts the zero pose for every hypothesis and step, so every
+mode's error is the mean length of the root-relative ground-truth joints, which the tests compute
+directly from the sequences the way upstream counts frames.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import d3dp_3dhp
+from configs import d3dp_h36m
+from posediff_jax import datasets
+from posediff_jax import evaluation
+from posediff_jax import metrics
+from posediff_jax.data import synthetic
+from posediff_jax.data import synthetic_3dhp
+from posediff_jax.data import video
+from posediff_jax.families import d3dp
+
+NUM_FRAMES = 9
+
+
+def _zero_sampler(config, params, input_2d, key=None, **kwargs):
+  del params, key, kwargs
+  b, f, j, _ = input_2d.shape
+  k, h = config.sampling.num_steps, config.sampling.num_hypotheses
+  return jnp.zeros((b, k, h, f, j, 3), input_2d.dtype)
+
+
+def _tiny(config, root):
+  config.data.root = str(root)
+  config.model.update(num_frames=NUM_FRAMES, embed_dim=16, depth=1, num_heads=2)
+  config.sampling.update(num_hypotheses=2, num_steps=2)
+  return config
+
+
+@pytest.fixture(autouse=True)
+def zero_sampler(monkeypatch):
+  monkeypatch.setattr(d3dp, "sample", _zero_sampler)
+
+
+def test_human36m_tables_weight_every_clip_frame_once_overlaps_twice(tmp_path):
+  synthetic.ensure_synthetic_data(tmp_path, frames_per_sequence=20)
+  config = _tiny(d3dp_h36m.get_config("cpn"), tmp_path)
+  config.data.test_subjects = ("S9",)
+  sequences = datasets.load_split(config, "test")
+  result = evaluation.evaluate(config, {}, sequences, progress=False)
+
+  sums, counts = {}, {}
+  for seq in sequences:
+    clips = video.eval_clips(seq, NUM_FRAMES)
+    # 20 frames in clips of 9: frames 0-8, 9-17 and 11-19 (the last clip overlaps the second).
+    assert clips["frame_index"][:, 0].tolist() == [0, 9, 11]
+    norms = np.linalg.norm(clips["target_3d"], axis=-1).mean(-1)  # [clips, F]
+    group = seq.action.split(" ")[0]
+    sums[group] = sums.get(group, 0.0) + norms.sum()
+    counts[group] = counts.get(group, 0) + norms.size
+  expected = {a: 1000 * sums[a] / counts[a] for a in sums}
+  for mode in config.eval.modes:
+    table = result.tables[mode][-1].to_dict()["actions"]
+    for action, value in expected.items():
+      assert table[action]["p1_mm"] == pytest.approx(value, rel=1e-5), (mode, action)
+      assert table[action]["count"] == counts[action]
+  p1, _ = result.averages()
+  assert p1 == pytest.approx(sum(expected.values()) / len(metrics.H36M_ACTIONS), rel=1e-5)
+  assert "== J_Agg (H=2, K=2" in result.format_table()
+  assert set(result.to_dict()["modes"]) == set(config.eval.modes)
+
+
+def test_3dhp_predictions_are_stitched_per_sequence_and_scored_on_valid_frames(tmp_path):
+  synthetic_3dhp.ensure_synthetic_3dhp(tmp_path)
+  config = _tiny(d3dp_3dhp.get_config(), tmp_path)
+  sequences = datasets.load_split(config, "test")
+  result = evaluation.evaluate(config, {}, sequences, progress=False)
+  for mode in config.eval.modes:
+    r = result.sequences[mode]
+    assert list(r.sequence_names) == [s.subject for s in sequences]
+    for i, seq in enumerate(sequences):
+      valid = np.asarray(seq.valid, bool)
+      assert r.frame_counts[i] == valid.sum()
+      norms = 1000 * np.linalg.norm(seq.target_3d[valid], axis=-1)  # root joint: 0
+      assert r.seq_mpjpe[i, -1] == pytest.approx(norms.mean(), rel=1e-6)
+  assert result.averages()[0] == pytest.approx(result.sequences["J_Agg"].paper_mpjpe)
