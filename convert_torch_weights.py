@@ -14,8 +14,8 @@ and can be overridden as usual (--config.model.hid_dim=64). Every torch key must
 parameter, and every parameter must be filled; keys upstream itself never uses are listed.
 """
 
-import importlib
 import pathlib
+import sys
 
 from absl import app
 from absl import flags
@@ -25,34 +25,32 @@ from posediff_jax import checkpoint
 from posediff_jax import families
 from posediff_jax import runtime
 
+_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def _default_config() -> str:
+  """configs/<family>_h36m.py (or the family's first config) for the --family on the command line,
+  so that --config.* overrides are parsed against the right config."""
+  family = "diffpose"
+  for i, arg in enumerate(sys.argv):
+    if arg.startswith("--family="):
+      family = arg.split("=", 1)[1]
+    elif arg == "--family" and i + 1 < len(sys.argv):
+      family = sys.argv[i + 1]
+  candidates = [_CONFIGS / f"{family}_h36m.py", *sorted(_CONFIGS.glob(f"{family}_*.py"))]
+  return str(next((c for c in candidates if c.is_file()), _CONFIGS / "diffpose_h36m.py"))
+
+
 _FAMILY = flags.DEFINE_enum("family", None, list(families.FAMILIES), "Model family of the checkpoint.")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "The denoiser checkpoint (.pth / .bin); leave it out to convert a lifter alone.")
 _LIFTER = flags.DEFINE_string("lifter", None, "The lifter checkpoint (families with a separate lifter).")
 _OUTPUT = flags.DEFINE_string("output", None, "New directory for the orbax checkpoint.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(__file__).resolve().parent / "configs" / "diffpose_h36m.py"),
+    "config", _default_config(),
     "Config giving the model sizes (configs/*.py[:variant]); default: configs/<family>_h36m.py.",
     lock_config=True)
 flags.mark_flags_as_required(["family", "output"])
-
-
-def _family_config(family: str):
-  """--config, or without it configs/<family>_h36m.py with the same --config.* overrides."""
-  config = _CONFIG.value
-  if config.family == family:
-    return config
-  if flags.FLAGS["config"].present:
-    raise app.UsageError(f"--family {family} but --config is for {config.family!r}")
-  # The flag's default is the DiffPose config; the overrides were parsed against it.
-  default = importlib.import_module(f"configs.{family}_h36m").get_config()
-  for path, value in config_flags.get_override_values(flags.FLAGS["config"]).items():
-    *sections, field = path.split(".")
-    node = default
-    for section in sections:
-      node = node[section]
-    node[field] = value
-  return default
 
 
 def main(argv):
@@ -60,7 +58,9 @@ def main(argv):
   runtime.initialize()
   if not _CHECKPOINT.value and not _LIFTER.value:
     raise app.UsageError("give --checkpoint (and --lifter for DiffPose/ICASSP), or --lifter alone")
-  config = _family_config(_FAMILY.value)
+  config = _CONFIG.value
+  if config.family != _FAMILY.value:
+    raise app.UsageError(f"--family {_FAMILY.value} but --config is for {config.family!r}")
   family = families.get(_FAMILY.value)
   params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value)
   meta = family.checkpoint_meta(config)
@@ -69,8 +69,8 @@ def main(argv):
   path = checkpoint.save_model(_OUTPUT.value, params, meta)
   for part, keys in report.items():
     if keys:
-      print(f"{part}: {len(keys)} checkpoint tensors are unused upstream too and were not converted: "
-            + ", ".join(keys))
+      print(f"{part}: {len(keys)} checkpoint tensors are not parameters here (unused upstream, or "
+            "schedule buffers checked against ours) and were not converted: " + ", ".join(keys))
   print(f"wrote {path}")
 
 

@@ -1,7 +1,7 @@
 r"""Evaluates a checkpoint on the config's test split and prints the per-action table.
 
   python evaluate.py --config configs/diffpose_h36m.py:cpn --checkpoint checkpoints/diffpose_cpn \
-      --output results/diffpose_cpn.json
+      --output results/diffpose_cpn.json [--plots results/diffpose_cpn_plots]
 
 CHECKPOINT is a directory written by convert_torch_weights.py or a train.py workdir.
 A multi-process job (one process per host) adds --coordinator_address=HOST0:PORT --num_processes=N
@@ -19,13 +19,15 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted or trained checkpoint directory.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results (and config) as JSON here.")
+_PLOTS = flags.DEFINE_string("plots", None, "Save charts here: error per action, and for "
+                             "multi-hypothesis families error vs number of hypotheses (PNG).")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
 def main(argv):
   del argv
   runtime.initialize()
-  evaluation.run(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value)
+  evaluation.run(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value, plots_dir=_PLOTS.value)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 4  # clips per call (upstream -b 4)
   c.eval.modes = ("J_Best", "J_Agg", "P_Best", "P_Agg")
+  # Also score the last step with only the first h hypotheses, h = 1..H (evaluate.py --plots).
+  c.eval.hypotheses_curve = True
   # "bfloat16" runs the denoiser's matmuls in bfloat16 (parameters stay float32).
   c.eval.compute_dtype = "float32"
   c.eval.use_ema = False

@@ -119,8 +119,16 @@ def check_checkpoint_matches(config, meta: dict[str, Any], path) -> None:
             f"{config[section][field]}; pass --config.{section}.{field}={value}")
 
 
-def run(config, checkpoint_dir, output=None, *, progress=True) -> dict[str, Any]:
-  """`evaluate.py`: load a checkpoint, evaluate on the test split, print and save the table."""
+def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None) -> dict[str, Any]:
+  """`evaluate.py`: load a checkpoint, evaluate on the test split, print and save the table.
+
+  Returns (and writes to `output` as JSON) {'checkpoint', 'checkpoint_step', 'config', 'results':
+  the per-action table, or {mode: table} for clip families, which also add 'mpjpe_by_hypotheses'
+  and 'clip_evaluation' (every step and mode)}. `plots_dir` gets `plots.write_eval_plots`' charts.
+  """
+  if plots_dir:
+    from posediff_jax import plots  # pylint: disable=g-import-not-at-top
+    plots.check_matplotlib()  # before the (long) evaluation
   params, meta, step = checkpoint.load_model(checkpoint_dir, use_ema=config.eval.use_ema)
   check_checkpoint_matches(config, meta, checkpoint_dir)
   missing = [part for part in families.get(config.family).STAGES if part not in params]
@@ -135,8 +143,19 @@ def run(config, checkpoint_dir, output=None, *, progress=True) -> dict[str, Any]
     print(table.format_table())
     sys.stdout.flush()
   result = {"checkpoint": str(checkpoint_dir), "checkpoint_step": int(step),
-            "results": table.to_dict(), "config": json.loads(config.to_json_best_effort())}
+            "config": json.loads(config.to_json_best_effort())}
+  if datasets.layout(config) == "clips":
+    result["results"] = table.tables_by_mode()
+    result["clip_evaluation"] = table.to_dict()
+    if table.by_hypotheses:
+      result["mpjpe_by_hypotheses"] = table.by_hypotheses
+  else:
+    result["results"] = table.to_dict()
   if output and is_main:
     pathlib.Path(output).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(output).write_text(json.dumps(result, indent=2))
+  if plots_dir and is_main:
+    from posediff_jax import plots  # pylint: disable=g-import-not-at-top
+    for path in plots.write_eval_plots(result, plots_dir):
+      print(f"wrote {path}")
   return result

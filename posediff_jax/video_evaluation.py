@@ -53,13 +53,16 @@ def _check_modes(config) -> tuple[str, ...]:
 def make_predict_fn(config):
   """A jitted `(params, batch [D, B, ...], key) -> {mode: {...}}` over D mini-batches.
 
-  Per mode: `p1`, `p2` [D, B, K, F] per-frame errors (mean over joints) for every step, and
-  for 3DHP `pose` [D, B, F, J, 3], the aggregated final-step pose (metres, root at 0).
+  Per mode: `p1`, `p2` [D, B, K, F] per-frame errors (mean over joints) for every step; with
+  `eval.hypotheses_curve`, `p1_by_h` [D, B, H, F]: the last step's P1 when only the first h
+  hypotheses are aggregated; for 3DHP `pose` [D, B, F, J, 3], the aggregated final-step pose
+  (metres, root at 0).
   """
   family = families.get(config.family)
   modes = _check_modes(config)
   _, _, root = datasets.joint_symmetry(config)
   pixels = config.data.get("dataset", "h36m") == "3dhp"
+  curve = config.eval.get("hypotheses_curve", False)
 
   def one_minibatch(params, batch, key):
     preds = family.sample(config, params, batch["input_2d"], key)  # [B, K, H, F, J, 3]
@@ -82,6 +85,11 @@ def make_predict_fn(config):
       p2 = aggregation.per_joint_errors(preds, batch["target_3d"], mode, procrustes=True,
                                         **kwargs)
       out[mode] = {"p1": jnp.mean(p1, axis=-1), "p2": jnp.mean(p2, axis=-1)}
+      if curve:
+        out[mode]["p1_by_h"] = jnp.stack([jnp.mean(aggregation.per_joint_errors(
+            preds[:, -1:, :h], batch["target_3d"], mode,
+            **{**kwargs, "reproj_error": reproj_error[:, -1:, :h]})[:, 0], axis=-1)
+                                          for h in range(1, preds.shape[2] + 1)], axis=1)
       if pixels:  # only 3DHP's metric needs the poses themselves
         pose, _ = aggregation.aggregate_poses(
             preds[:, -1:], batch["target_3d"], mode,
@@ -108,6 +116,8 @@ class ClipEvaluation:
     tables: Human3.6M: {mode: [ActionErrorTable per step]}.
     sequences: MPI-INF-3DHP: {mode: `metrics_3dhp.Mpi3dhpResults`}.
     step_averages: {mode: [(P1 mm, P2 mm) per step]} (3DHP: frame-weighted over valid frames).
+    by_hypotheses: {mode: {h: P1 mm at the last step using the first h hypotheses}} (the
+      action-wise average; 3DHP: frame-weighted), empty without `eval.hypotheses_curve`.
   """
   config_summary: dict[str, Any]
   modes: tuple[str, ...]
@@ -115,6 +125,7 @@ class ClipEvaluation:
   tables: dict[str, list[metrics.ActionErrorTable]]
   sequences: dict[str, metrics_3dhp.Mpi3dhpResults]
   step_averages: dict[str, list[tuple[float, float]]]
+  by_hypotheses: dict[str, dict[int, float]]
 
   def averages(self) -> tuple[float, float]:
     """(P1, P2) in mm of the headline mode at the last step (3DHP: MPJPE of the paper metric)."""
@@ -136,6 +147,20 @@ class ClipEvaluation:
       blocks.append(f"{header}\n{body}\nP1 (mm) after each step: {steps}")
     return "\n\n".join(blocks)
 
+  def tables_by_mode(self) -> dict[str, dict[str, Any]]:
+    """{mode: per-row table} in `ActionErrorTable.to_dict()` form (3DHP: one row per sequence,
+    P1 = its MPJPE, no P2), what `plots.action_error_chart` draws."""
+    if not self.sequences:
+      return {m: self.tables[m][-1].to_dict() for m in self.modes}
+    out = {}
+    for mode in self.modes:
+      r = self.sequences[mode]
+      rows = {name: {"p1_mm": float(r.seq_mpjpe[i, -1]), "p2_mm": float("nan"),
+                     "count": int(r.frame_counts[i])} for i, name in enumerate(r.sequence_names)}
+      out[mode] = {"actions": rows,
+                   "average": {"p1_mm": r.paper_mpjpe, "p2_mm": float("nan")}}
+    return out
+
   def to_dict(self) -> dict[str, Any]:
     out = {"settings": self.config_summary, "headline_mode": self.headline, "modes": {}}
     for mode in self.modes:
@@ -144,6 +169,8 @@ class ClipEvaluation:
         entry["mpi_inf_3dhp"] = self.sequences[mode].to_dict()
       else:
         entry["last_step"] = self.tables[mode][-1].to_dict()
+      if self.by_hypotheses:
+        entry["mpjpe_by_hypotheses"] = {str(h): v for h, v in self.by_hypotheses[mode].items()}
       out["modes"][mode] = entry
     return out
 
@@ -186,6 +213,10 @@ def evaluate(config, params, sequences: list[video.VideoSequence], *, max_batche
   # 3DHP: final-step poses stitched per sequence, and frame-weighted per-step error sums.
   stitched = {m: {} for m in modes}
   sums = {m: np.zeros((num_steps, 2)) for m in modes}
+  num_h = int(config.sampling.num_hypotheses)
+  curve = config.eval.get("hypotheses_curve", False)
+  h_tables = {m: [metrics.ActionErrorTable() for _ in range(num_h)] for m in modes}
+  h_sums = {m: np.zeros(num_h) for m in modes}
   frames_seen = 0
   key = jax.random.key(config.seed)
   bar = summary.ProgressBar(num_batches, "evaluate", enabled=progress)
@@ -208,14 +239,20 @@ def evaluate(config, params, sequences: list[video.VideoSequence], *, max_batche
       actions = np.repeat(np.asarray([b["action"]] * len(clip_mask)), num_frames)
       for mode in modes:
         p1, p2 = out[mode]["p1"][d], out[mode]["p2"][d]  # [B, K, F]
+        by_h = out[mode]["p1_by_h"][d] if curve else None  # [B, H, F]
         if is_3dhp:
           sums[mode] += np.stack([(p1 * weight[:, None]).sum((0, 2)),
                                   (p2 * weight[:, None]).sum((0, 2))], axis=-1)
           _stitch(stitched[mode], b, out[mode]["pose"][d], sequences)
+          if curve:
+            h_sums[mode] += (by_h * weight[:, None]).sum((0, 2))
         else:
           for k in range(num_steps):
             tables[mode][k].update(p1[:, k].reshape(-1), p2[:, k].reshape(-1), actions,
                                    weight.reshape(-1))
+          for h in range(num_h if curve else 0):
+            h_tables[mode][h].update(by_h[:, h].reshape(-1), np.zeros(by_h[:, h].size), actions,
+                                     weight.reshape(-1))
       frames_seen += int(weight.sum()) if is_3dhp else 0
     bar.update(len(group_batches))
 
@@ -236,11 +273,15 @@ def evaluate(config, params, sequences: list[video.VideoSequence], *, max_batche
               "batch_size": int(config.eval.batch_size)}
   if is_3dhp:
     results = {m: _score_3dhp(stitched[m], sequences) for m in modes}
-    steps = {m: [tuple(float(v) for v in s * 1000 / max(frames_seen, 1)) for s in sums[m]]
-             for m in modes}
-    return ClipEvaluation(summary_, modes, headline_mode(config), {}, results, steps)
+    per_frame = 1000 / max(frames_seen, 1)
+    steps = {m: [tuple(float(v) for v in s * per_frame) for s in sums[m]] for m in modes}
+    by_h = ({m: {h + 1: float(v * per_frame) for h, v in enumerate(h_sums[m])} for m in modes}
+            if curve else {})
+    return ClipEvaluation(summary_, modes, headline_mode(config), {}, results, steps, by_h)
   steps = {m: [t.averages() for t in tables[m]] for m in modes}
-  return ClipEvaluation(summary_, modes, headline_mode(config), tables, {}, steps)
+  by_h = ({m: {h + 1: t.averages()[0] for h, t in enumerate(h_tables[m])} for m in modes}
+          if curve else {})
+  return ClipEvaluation(summary_, modes, headline_mode(config), tables, {}, steps, by_h)
 
 
 def _stitch(store: dict, batch: dict[str, Any], poses: np.ndarray, sequences) -> None:

@@ -5,6 +5,9 @@ for any fixture set the same upstream generator makes (`POSEDIFF_PARITY_DIR` poi
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +16,19 @@ import pytest
 
 from configs import d3dp_h36m
 from posediff_jax import cameras
+from posediff_jax import checkpoint
 from posediff_jax import metrics_3dhp
 from posediff_jax import safe_load
 from posediff_jax import skeleton
 from posediff_jax.convert import common
 from posediff_jax.convert import d3dp as convert
+from posediff_jax.data import synthetic
 from posediff_jax.diffusion import aggregation
 from posediff_jax.diffusion import schedules
 from posediff_jax.families import d3dp
 from posediff_jax.models import d3dp as d3dp_models
 from posediff_jax.models import transformer
-from tests.conftest import parity_dir, parity_root
+from tests.conftest import REPO_ROOT, parity_dir, parity_root
 
 RTOL = 1e-5
 
@@ -528,3 +533,60 @@ def test_bad_input_is_rejected():
     cameras.project_to_2d(np.ones((5, 17, 3)), np.ones((4, 9)))
   with pytest.raises(ValueError, match="image_size_px"):
     cameras.cam_mm_to_pix(7.0, (0.0, 0.0), (10.0, 10.0), (2048,))
+
+
+# --- the command-line tools ----------------------------------------------------------------------
+
+
+def _cli_sizes(config) -> list[str]:
+  m, s = config.model, config.sampling
+  return [f"--config.model.{k}={m[k]}" for k in ("num_frames", "embed_dim", "depth", "num_heads")
+          ] + [f"--config.sampling.{k}={s[k]}" for k in ("num_hypotheses", "num_steps")]
+
+
+@pytest.mark.slow
+def test_cli_convert_then_evaluate_on_synthetic_clips_with_plots(root, config, tmp_path):
+  from tests.test_parity_diffpose import _run  # pylint: disable=g-import-not-at-top
+
+  ckpt = tmp_path / "ckpt"
+  # No --config: the converter takes configs/d3dp_h36m.py for --family d3dp.
+  stdout = _run(["convert_torch_weights.py", "--family=d3dp",
+                 f"--checkpoint={root / 'denoiser_with_random_state.bin'}", f"--output={ckpt}",
+                 *_cli_sizes(config)])
+  assert "betas" in stdout and f"wrote {ckpt}" in stdout
+  data = tmp_path / "data"
+  synthetic.ensure_synthetic_data(data, frames_per_sequence=40)
+  out_json, plots = tmp_path / "results.json", tmp_path / "plots"
+  stdout = _run(["evaluate.py", "--config=configs/d3dp_h36m.py:cpn", f"--checkpoint={ckpt}",
+                 f"--output={out_json}", f"--plots={plots}", f"--config.data.root={data}",
+                 "--config.data.test_subjects=('S9',)", *_cli_sizes(config)])
+  for mode in ("J_Best", "J_Agg", "P_Best", "P_Agg"):
+    assert f"== {mode} (H={config.sampling.num_hypotheses}" in stdout
+  result = json.loads(out_json.read_text())
+  assert set(result["results"]) == {"J_Best", "J_Agg", "P_Best", "P_Agg"}
+  by_h = result["mpjpe_by_hypotheses"]["J_Best"]
+  # More hypotheses can only bring the oracle closer.
+  values = [by_h[str(h)] for h in range(1, config.sampling.num_hypotheses + 1)]
+  assert all(b <= a + 1e-9 for a, b in zip(values, values[1:])), values
+  assert (plots / "action_errors.png").stat().st_size > 0
+  assert (plots / "error_vs_hypotheses.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_cli_rejects_a_2d_file_with_the_wrong_joint_count(root, config, tmp_path):
+  data = tmp_path / "data"
+  synthetic.ensure_synthetic_data(data, frames_per_sequence=8)
+  ckpt = tmp_path / "ckpt"
+  d3dp_params, _ = d3dp.convert(config, root / "denoiser.pth")
+  checkpoint.save_model(ckpt, d3dp_params, d3dp.checkpoint_meta(config))
+  positions = safe_load.load_pickled_npz(data / "data_2d_h36m_cpn_ft_h36m_dbb.npz")
+  bad = {s: {a: [cam[:, :16] for cam in cams] for a, cams in acts.items()}
+         for s, acts in positions["positions_2d"].items()}
+  synthetic.save_npz(data / "data_2d_h36m_cpn_ft_h36m_dbb.npz", positions_2d=bad,
+                     metadata=positions["metadata"])
+  proc = subprocess.run(
+      [sys.executable, "evaluate.py", "--config=configs/d3dp_h36m.py:cpn", f"--checkpoint={ckpt}",
+       f"--config.data.root={data}", *_cli_sizes(config)],
+      cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 2, proc.stderr
+  assert "data_2d_h36m_cpn_ft_h36m_dbb.npz" in proc.stderr and "17" in proc.stderr, proc.stderr
