@@ -21,7 +21,9 @@ BATCH = 64
 # and folds hypotheses into the batch axis, where sharded random draws must match unsharded ones.
 PREDICT_CASES = {"upstream": {"sampling.hypotheses": 1, "sampling.eta": 0.0},
                  "noisy": {"sampling.hypotheses": 2, "sampling.eta": 0.5}}
-FAMILIES = ("diffpose", "icassp")
+FAMILIES = ("diffpose", "icassp")  # frame families: [B, 17, C] batches
+CLIP_FAMILIES = ("d3dp",)  # clip families: [B, F, 17, C] batches, multi-hypothesis samplers
+CLIPS = 8
 
 
 def _random_params(config, rng: np.random.Generator):
@@ -49,6 +51,12 @@ def _random_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
           "action": rng.integers(0, 15, BATCH).astype(np.int32)}
 
 
+def _random_clip_batch(rng: np.random.Generator, num_frames: int) -> dict[str, np.ndarray]:
+  target = rng.normal(scale=0.3, size=(CLIPS, num_frames, 17, 3)).astype(np.float32)
+  return {"input_2d": rng.uniform(-1, 1, (CLIPS, num_frames, 17, 2)).astype(np.float32),
+          "target_3d": target - target[:, :, :1]}
+
+
 def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
   """The subprocess's work: predictions, one denoiser train step and an evaluation, per family."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -68,22 +76,33 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       out[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
 
-  for name in FAMILIES:
+  for name in FAMILIES + CLIP_FAMILIES:
     rng = np.random.default_rng(0)
     config = tiny_run.tiny_family_config(name, data_root)
     params = _random_params(config, rng)
-    batch = _random_batch(rng)
-    sharded_batch = jax.device_put(batch, by_batch)
-    for case, overrides in PREDICT_CASES.items():
-      predict = evaluation.make_predict_fn(tiny_run.tiny_family_config(name, data_root, overrides))
-      key = jax.random.key(7)
-      save(f"{name}/predict/{case}/one", predict(params, batch["input_2d"], key))
-      pred = predict(jax.device_put(params, replicated), sharded_batch["input_2d"], key)
-      out[f"{name}/predict/{case}/shard_rows"] = np.array(
-          [s.data.shape[0] for s in pred.addressable_shards])
-      save(f"{name}/predict/{case}/all", pred)
-
     family = families.get(config.family)
+    if name in CLIP_FAMILIES:
+      batch = _random_clip_batch(rng, config.model.num_frames)
+      sharded_batch = jax.device_put(batch, by_batch)
+      # The whole sampler: every hypothesis, both flips, every step, with noise drawn from the key.
+      sample = jax.jit(functools.partial(family.sample, config))
+      key = jax.random.key(7)
+      save(f"{name}/predict/sampler/one", sample(params, batch["input_2d"], key))
+      save(f"{name}/predict/sampler/all",
+           sample(jax.device_put(params, replicated), sharded_batch["input_2d"], key))
+    else:
+      batch = _random_batch(rng)
+      sharded_batch = jax.device_put(batch, by_batch)
+      for case, overrides in PREDICT_CASES.items():
+        predict = evaluation.make_predict_fn(
+            tiny_run.tiny_family_config(name, data_root, overrides))
+        key = jax.random.key(7)
+        save(f"{name}/predict/{case}/one", predict(params, batch["input_2d"], key))
+        pred = predict(jax.device_put(params, replicated), sharded_batch["input_2d"], key)
+        out[f"{name}/predict/{case}/shard_rows"] = np.array(
+            [s.data.shape[0] for s in pred.addressable_shards])
+        save(f"{name}/predict/{case}/all", pred)
+
     steps_per_epoch = 10
     optimizers = {stage: training.make_optimizer(config, stage, steps_per_epoch)
                   for stage in family.STAGES}
@@ -100,8 +119,10 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
     for layout, mesh_sizes in (("one", (1, NUM_DEVICES)), ("all", (NUM_DEVICES, 1))):
       eval_config = tiny_run.tiny_family_config(
           name, data_root, {"mesh.data": mesh_sizes[0], "mesh.model": mesh_sizes[1],
-                            "eval.batch_size": 64})
-      table = evaluation.evaluate(eval_config, params, test, max_batches=3, progress=False)
+                            "eval.batch_size": 2 if name in CLIP_FAMILIES else 64})
+      # Clip families: 16 mini-batches = 2 calls of 8 (data 8) or 16 calls of 1 (data 1).
+      table = evaluation.evaluate(eval_config, params, test,
+                                  max_batches=16 if name in CLIP_FAMILIES else 3, progress=False)
       out[f"{name}/eval/{layout}"] = np.array(table.averages())
   np.savez(out_path, **out)
 
@@ -142,14 +163,24 @@ def test_upstream_predict_keeps_the_batch_split_over_the_devices(results):
   assert rows == [BATCH // NUM_DEVICES] * NUM_DEVICES
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", CLIP_FAMILIES)
+def test_clip_sampler_with_sharded_batch_matches_one_device(results, family):
+  ((one, every),) = _pairs(results, f"{family}/predict/sampler").values()
+  config = tiny_run.tiny_family_config(family, "unused")
+  s, m = config.sampling, config.model
+  assert one.shape == (CLIPS, s.num_steps, s.num_hypotheses, m.num_frames, 17, 3)
+  assert np.all(np.isfinite(one))
+  np.testing.assert_allclose(every, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+
+
+@pytest.mark.parametrize("family", FAMILIES + CLIP_FAMILIES)
 def test_data_parallel_evaluation_matches_replicated_evaluation(results, family):
   one, every = results[f"{family}/eval/one"], results[f"{family}/eval/all"]
   assert np.all(np.isfinite(one)) and np.all(one > 0)
   np.testing.assert_allclose(every, one, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + CLIP_FAMILIES)
 def test_denoiser_train_step_with_sharded_batch_matches_one_device(results, family):
   stage = "denoiser"
   lr = tiny_run.tiny_family_config(family, "unused").train.lr

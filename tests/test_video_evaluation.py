@@ -83,3 +83,23 @@ def test_3dhp_predictions_are_stitched_per_sequence_and_scored_on_valid_frames(t
       norms = 1000 * np.linalg.norm(seq.target_3d[valid], axis=-1)  # root joint: 0
       assert r.seq_mpjpe[i, -1] == pytest.approx(norms.mean(), rel=1e-6)
   assert result.averages()[0] == pytest.approx(result.sequences["J_Agg"].paper_mpjpe)
+
+
+@pytest.mark.slow
+def test_train_cli_trains_and_evaluates_a_tiny_d3dp(tmp_path, monkeypatch):
+  import json  # pylint: disable=g-import-not-at-top
+
+  from tests import tiny_run  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.undo()  # the real sampler, in a fresh interpreter
+  synthetic.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
+  overrides = {**tiny_run.FAMILY_OVERRIDES["d3dp"], "data.root": tmp_path / "data",
+               "data.test_subjects": "('S9',)", "train.steps": 3, "train.eval_every": 2,
+               "train.eval_max_batches": 2}
+  proc = tiny_run.python(["train.py", "--config=configs/d3dp_h36m.py:gt",
+                          f"--workdir={tmp_path / 'run'}",
+                          *[f"--config.{k}={v}" for k, v in overrides.items()]],
+                         cache_dir=tmp_path / "cache")
+  assert "step 2: eval MPJPE" in proc.stdout and "== J_Agg (H=2, K=2" in proc.stdout
+  result = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+  assert result["step"] == 3 and "J_Agg" in result["results"]["modes"]

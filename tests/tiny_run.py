@@ -69,6 +69,10 @@ def tiny_config(data_root, overrides: dict | None = None):
 # The tiny sizes of the other families, on top of their own Human3.6M configs.
 FAMILY_OVERRIDES = {
     "icassp": {k: v for k, v in OVERRIDES.items() if k != "eval.batch_size"},
+    "d3dp": {"model.num_frames": 9, "model.embed_dim": 16, "model.depth": 1,
+             "model.num_heads": 2, "sampling.num_hypotheses": 2, "sampling.num_steps": 2,
+             "train.batch_size": 8, "train.steps": 2, "train.log_every": 1,
+             "train.checkpoint_every": 2, "eval.batch_size": 2},
 }
 
 
