@@ -8,10 +8,7 @@ section of docs/benchmarks.md.
 """
 
 import argparse
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -20,6 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top
 from configs import diffpose_h36m  # pylint: disable=g-import-not-at-top
 from posediff_jax import evaluation  # pylint: disable=g-import-not-at-top
 from posediff_jax.families import diffpose  # pylint: disable=g-import-not-at-top
@@ -27,35 +25,11 @@ from posediff_jax.families import diffpose  # pylint: disable=g-import-not-at-to
 SECTION = "## DiffPose CPN evaluation pipeline"
 
 
-def _time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  dev = jax.devices()[0]
-  return (f"{dev.platform.upper()} ({dev.device_kind}), {os.cpu_count()} cores visible, {cpu}; "
-          f"jax {jax.__version__}, Python {platform.python_version()}")
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=1024)
   parser.add_argument("--repeats", type=int, default=20)
-  parser.add_argument("--output", default=str(pathlib.Path(__file__).resolve().parent.parent
-                                              / "docs" / "benchmarks.md"))
+  parser.add_argument("--output", default=str(common.DOCS))
   args = parser.parse_args()
 
   config = diffpose_h36m.get_config("cpn")
@@ -69,7 +43,7 @@ def main():
     t0 = time.perf_counter()
     jax.block_until_ready(predict(params, x, key))
     first = time.perf_counter() - t0
-    sec = _time(lambda: predict(params, x, key), args.repeats if batch > 1 else 10 * args.repeats)
+    sec = common.median_seconds(lambda: predict(params, x, key), args.repeats if batch > 1 else 10 * args.repeats)
     rows.append((batch, first, sec))
     print(f"batch {batch}: first call {first:.2f} s, {sec * 1e3:.2f} ms/call, {batch / sec:.0f} frames/s",
           flush=True)
@@ -78,8 +52,7 @@ def main():
   cmd = "python benchmarks/bench_diffpose.py " + " ".join(sys.argv[1:])
   text = "\n".join([
       SECTION, "",
-      f"Machine: {machine()}. Environment: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-      f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset')}.",
+      f"Machine: {common.machine()}. Environment: {common.environment()}.",
       f"Command: `{cmd.strip()}` (median of {args.repeats} calls at batch {b_big}, "
       f"{10 * args.repeats} at batch 1; random weights, full CPN config).", "",
       "| measure | posediff-jax | upstream PyTorch (issue #2, 2-core CPU, torch 2.13) |",
@@ -87,14 +60,8 @@ def main():
       f"| frames/s at batch {b_big} (lifter + 2 DDIM steps) | {b_big / sec_big:,.0f} | ~530 |",
       f"| latency at batch 1 | {sec_one * 1e3:.2f} ms | ~8.5 ms |",
       f"| first call at batch {b_big} (trace + compile + run) | {first_big:.2f} s | n/a |", ""])
-  out = pathlib.Path(args.output)
-  old = out.read_text() if out.exists() else "# Benchmarks\n\nFigures measured by the scripts in `benchmarks/`.\n\n"
-  if SECTION in old:
-    head, rest = old.split(SECTION, 1)
-    nxt = rest.find("\n## ")
-    old = head + (rest[nxt + 1:] if nxt >= 0 else "")
-  out.write_text(old.rstrip() + "\n\n" + text)
-  print(f"wrote {out}")
+  common.write_section(args.output, SECTION, text)
+  print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

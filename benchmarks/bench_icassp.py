@@ -9,7 +9,6 @@ and rewrites its section of the output file.
 """
 
 import argparse
-import os
 import pathlib
 import sys
 import time
@@ -19,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from benchmarks import bench_diffpose  # pylint: disable=g-import-not-at-top
+from benchmarks import common  # pylint: disable=g-import-not-at-top
 from configs import icassp_h36m  # pylint: disable=g-import-not-at-top
 from posediff_jax import evaluation  # pylint: disable=g-import-not-at-top
 from posediff_jax.families import icassp  # pylint: disable=g-import-not-at-top
@@ -30,25 +29,11 @@ SECTION = "## ICASSP CPN evaluation pipeline (flip TTA)"
 UPSTREAM_FRAMES_PER_S = 136
 
 
-def write_section(path, section: str, text: str) -> None:
-  """Replaces (or appends) the markdown section `section` of `path` with `text`."""
-  out = pathlib.Path(path)
-  old = (out.read_text() if out.exists()
-         else "# Benchmarks\n\nFigures measured by the scripts in `benchmarks/`.\n\n")
-  if section in old:
-    head, rest = old.split(section, 1)
-    nxt = rest.find("\n## ")
-    old = head + (rest[nxt + 1:] if nxt >= 0 else "")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(old.rstrip() + "\n\n" + text)
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=1024)
   parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--output", default=str(pathlib.Path(__file__).resolve().parent.parent
-                                              / "docs" / "benchmarks.md"))
+  parser.add_argument("--output", default=str(common.DOCS))
   args = parser.parse_args()
 
   config = icassp_h36m.get_config("cpn")
@@ -63,8 +48,7 @@ def main():
     jax.block_until_ready(predict(params, x, key))
     first = time.perf_counter() - t0
     repeats = args.repeats if batch > 1 else 10 * args.repeats
-    # pylint: disable-next=protected-access
-    sec = bench_diffpose._time(lambda: predict(params, x, key), repeats)
+    sec = common.median_seconds(lambda: predict(params, x, key), repeats)
     rows.append((batch, first, sec))
     print(f"batch {batch}: first call {first:.2f} s, {sec * 1e3:.2f} ms/call, "
           f"{batch / sec:.0f} frames/s", flush=True)
@@ -73,9 +57,7 @@ def main():
   cmd = "python benchmarks/bench_icassp.py " + " ".join(sys.argv[1:])
   text = "\n".join([
       SECTION, "",
-      f"Machine: {bench_diffpose.machine()}. Environment: "
-      f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-      f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset')}.",
+      f"Machine: {common.machine()}. Environment: {common.environment()}.",
       f"Command: `{cmd.strip()}` (median of {args.repeats} calls at batch {b_big}, "
       f"{10 * args.repeats} at batch 1; random weights, full CPN config: hid 96, 5 layers, "
       "flip test-time augmentation).", "",
@@ -85,7 +67,7 @@ def main():
       f"| ~{UPSTREAM_FRAMES_PER_S} |",
       f"| latency at batch 1 | {sec_one * 1e3:.2f} ms | n/a |",
       f"| first call at batch {b_big} (trace + compile + run) | {first_big:.2f} s | n/a |", ""])
-  write_section(args.output, SECTION, text)
+  common.write_section(args.output, SECTION, text)
   print(f"wrote {args.output}")
 
 
