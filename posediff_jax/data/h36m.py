@@ -19,7 +19,7 @@ its `kernel` and `fixed_resolution` options give the ICASSP'24 variant of that p
 """
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -372,6 +372,40 @@ class FrameSet:
     return self.gmm_2d.shape[2]
 
 
+def camera_sequences(path_3d, positions_3d: dict, path_2d, positions_2d: dict,
+                     subjects: Sequence[str]) -> Iterator[tuple]:
+  """Every (subject, action, camera) of the 2D file in upstream order, checked against the 3D.
+
+  Yields `(subject, action, camera index, Camera, world 3D [T, 17, 3], 2D array [T' >= T, ...])`:
+  subjects as given, actions in the 2D file's order, the 4 cameras in order. Errors name the file,
+  subject, action and camera: a subject or sequence missing from either file, a camera count other
+  than 4, or a 2D sequence shorter than its 3D one.
+  """
+  for subject in subjects:
+    for path, data in ((path_3d, positions_3d), (path_2d, positions_2d)):
+      if subject not in data:
+        raise ValueError(f"{path}: no data for subject {subject!r}; the file has {list(data)}")
+    subject_cameras = cameras.h36m_cameras(subject)
+    missing = [a for a in positions_3d[subject] if a not in positions_2d[subject]]
+    if missing:
+      raise ValueError(f"{path_2d}: subject {subject!r} has no 2D for the 3D sequence(s) {missing}")
+    for action, per_camera in positions_2d[subject].items():
+      if action not in positions_3d[subject]:
+        raise ValueError(f"{path_3d}: subject {subject!r} has no 3D sequence {action!r}, which the "
+                         f"2D file {path_2d} has")
+      if len(per_camera) != NUM_CAMERAS:
+        raise ValueError(f"{path_2d}: positions_2d[{subject!r}][{action!r}] has {len(per_camera)} "
+                         f"camera arrays, expected {NUM_CAMERAS}")
+      world = positions_3d[subject][action][:, skeleton.H36M32_TO_17]
+      for camera_index, (cam, array) in enumerate(zip(subject_cameras, per_camera)):
+        if len(array) < len(world):
+          raise ValueError(
+              f"{path_2d}: positions_2d[{subject!r}][{action!r}] camera {camera_index} has "
+              f"{len(array)} frames but the 3D sequence in {path_3d} has {len(world)}; the 2D must "
+              "be at least as long")
+        yield subject, action, camera_index, cam, world, array
+
+
 def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: float = 0.01,
                    fixed_resolution: tuple[int, int] | None = None,
                    kernel: str = "weighted") -> FrameSet:
@@ -433,31 +467,12 @@ def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: f
   # First pass: check everything and list the (sequence, camera) blocks in upstream order.
   blocks = []  # (subject index, sequence index, camera index, camera, label, world [T, 17, 3], 2D)
   sequence_names = []
-  for subject_index, subject in enumerate(subjects):
-    for path, data in ((path_3d, positions_3d), (path_2d, positions_2d)):
-      if subject not in data:
-        raise ValueError(f"{path}: no data for subject {subject!r}; the file has {list(data)}")
-    subject_cameras = cameras.h36m_cameras(subject)
-    missing = [a for a in positions_3d[subject] if a not in positions_2d[subject]]
-    if missing:
-      raise ValueError(f"{path_2d}: subject {subject!r} has no 2D for the 3D sequence(s) {missing}")
-    for action, per_camera in positions_2d[subject].items():
-      if action not in positions_3d[subject]:
-        raise ValueError(f"{path_3d}: subject {subject!r} has no 3D sequence {action!r}, which the "
-                         f"2D file {path_2d} has")
-      label = ACTIONS.index(action_class(action))
-      if len(per_camera) != NUM_CAMERAS:
-        raise ValueError(f"{path_2d}: positions_2d[{subject!r}][{action!r}] has {len(per_camera)} "
-                         f"camera arrays, expected {NUM_CAMERAS}")
-      world = positions_3d[subject][action][:, skeleton.H36M32_TO_17]
-      for camera_index, (cam, gmm) in enumerate(zip(subject_cameras, per_camera)):
-        if len(gmm) < len(world):
-          raise ValueError(
-              f"{path_2d}: positions_2d[{subject!r}][{action!r}] camera {camera_index} has "
-              f"{len(gmm)} frames but the 3D sequence in {path_3d} has {len(world)}; the 2D must "
-              "be at least as long")
-        blocks.append((subject_index, len(sequence_names), camera_index, cam, label, world, gmm))
+  for subject, action, camera_index, cam, world, gmm in camera_sequences(
+      path_3d, positions_3d, path_2d, positions_2d, subjects):
+    if camera_index == 0:
       sequence_names.append(f"{subject}/{action}")
+    blocks.append((subjects.index(subject), len(sequence_names) - 1, camera_index, cam,
+                   ACTIONS.index(action_class(action)), world, gmm))
 
   # Second pass: fill preallocated arrays (the real training set's GMMs take ~1.6 GB).
   num = sum(len(world) for *_, world, _ in blocks)

@@ -189,36 +189,16 @@ def load_h36m_videos(path_3d, path_2d, subjects: Sequence[str]) -> list[VideoSeq
   positions_3d = h36m.load_positions_3d(path_3d)
   positions_2d = _load_plain_2d(path_2d)
   sequences = []
-  for subject in subjects:
-    for path, data in ((path_3d, positions_3d), (path_2d, positions_2d)):
-      if subject not in data:
-        raise ValueError(f"{path}: no data for subject {subject!r}; the file has {list(data)}")
-    missing = [a for a in positions_3d[subject] if a not in positions_2d[subject]]
-    if missing:
-      raise ValueError(f"{path_2d}: subject {subject!r} has no 2D for the 3D sequence(s) {missing}")
-    subject_cameras = cameras.h36m_cameras(subject)
-    for action, per_camera in positions_2d[subject].items():
-      if action not in positions_3d[subject]:
-        raise ValueError(f"{path_3d}: subject {subject!r} has no 3D sequence {action!r}, which the "
-                         f"2D file {path_2d} has")
-      if len(per_camera) != h36m.NUM_CAMERAS:
-        raise ValueError(f"{path_2d}: positions_2d[{subject!r}][{action!r}] has {len(per_camera)} "
-                         f"camera arrays, expected {h36m.NUM_CAMERAS}")
-      world = positions_3d[subject][action][:, skeleton.H36M32_TO_17]
-      for index, (cam, pixels) in enumerate(zip(subject_cameras, per_camera)):
-        if len(pixels) < len(world):
-          raise ValueError(
-              f"{path_2d}: positions_2d[{subject!r}][{action!r}] camera {index} has {len(pixels)} "
-              f"frames but the 3D sequence in {path_3d} has {len(world)}; the 2D must be at least "
-              "as long")
-        input_2d = cameras.normalize_screen_coordinates(pixels[:len(world)], cam.res_w, cam.res_h)
-        positions = np.asarray(cameras.world_to_camera(world, cam), np.float32)
-        sequences.append(VideoSequence(
-            input_2d=input_2d.astype(np.float32, copy=False),
-            target_3d=skeleton.root_relative(positions), trajectory=positions[:, :1].copy(),
-            intrinsic=h36m_intrinsic(cam), subject=subject, action=action, camera=index,
-            image_size=(cam.res_w, cam.res_h), valid=np.ones(len(world), bool),
-            root_joint=H36M_ROOT_JOINT))
+  for subject, action, index, cam, world, pixels in h36m.camera_sequences(
+      path_3d, positions_3d, path_2d, positions_2d, subjects):
+    input_2d = cameras.normalize_screen_coordinates(pixels[:len(world)], cam.res_w, cam.res_h)
+    positions = np.asarray(cameras.world_to_camera(world, cam), np.float32)
+    sequences.append(VideoSequence(
+        input_2d=input_2d.astype(np.float32, copy=False),
+        target_3d=skeleton.root_relative(positions), trajectory=positions[:, :1].copy(),
+        intrinsic=h36m_intrinsic(cam), subject=subject, action=action, camera=index,
+        image_size=(cam.res_w, cam.res_h), valid=np.ones(len(world), bool),
+        root_joint=H36M_ROOT_JOINT))
   return sequences
 
 
