@@ -52,6 +52,7 @@ _KIND_NAMES = {
     "lifter": "DiffPose lifter (GCNpose)",
     "denoiser": "DiffPose denoiser (GCNdiff)",
     "icassp_denoiser": "ICASSP'24 cross-channel denoiser (DiffModel)",
+    "mmdiff_denoiser": "mmDiff phase-2 denoiser (GCNdiff with radar conditions)",
 }
 
 
@@ -63,7 +64,8 @@ def infer_diffpose_dims(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """Reads the architecture off a DiffPose-style state dict (with or without `module.`).
 
   Returns:
-    dict(kind='lifter' | 'denoiser' | 'icassp_denoiser', hid_dim, num_layers, in_dim, out_dim);
+    dict(kind='lifter' | 'denoiser' | 'icassp_denoiser' | 'mmdiff_denoiser', hid_dim, num_layers,
+    in_dim, out_dim);
     in_dim / out_dim are the channels of `gconv_input` / `gconv_output` (None if absent).
 
   Raises:
@@ -76,7 +78,10 @@ def infer_diffpose_dims(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
     raise common.ConversionError(
         "this does not look like a DiffPose/GraFormer checkpoint: no 'gconv_input.weight' "
         f"[3, 1, in, hid] (first keys: {shown})")
-  if "gconv_input_t.weight" in sd or "fc2.weight" in sd:
+  # mmDiff's GCNdiff also has gconv_input_t; its temporal and limb branches tell it apart.
+  if any(k.startswith(("temperal_conv.", "limb_linear")) for k in sd):
+    kind = "mmdiff_denoiser"
+  elif "gconv_input_t.weight" in sd or "fc2.weight" in sd:
     kind = "icassp_denoiser"
   elif any(".temb_proj." in k for k in sd):
     kind = "denoiser"
@@ -98,6 +103,7 @@ def _check_checkpoint(sd, kind: str, hid_dim: int, num_layers: int, in_dim: int,
         "lifter": f"no temb_proj keys, gconv_input takes {dims['in_dim']} channels",
         "denoiser": f"temb_proj keys present, gconv_input takes {dims['in_dim']} channels",
         "icassp_denoiser": "it has the context branch (gconv_input_t, fc1..fc3)",
+        "mmdiff_denoiser": "it has the temporal and limb-length branches (temperal_conv, limb_*)",
     }[dims["kind"]]
     raise common.ConversionError(
         f"{source}: this looks like {_with_article(_KIND_NAMES[dims['kind']])} checkpoint "

@@ -1,0 +1,280 @@
+"""mmDiff (ECCV 2024): a radar pose refined by a few DDIM steps of a multi-conditional GCN denoiser.
+
+Phase 1 (a point-cloud encoder, `models.mmdiff_phase1`, see `encode`) gives, per radar frame, a
+coarse 17-joint pose and per-joint features; upstream caches them. Phase 2 refines the current
+coarse pose with the denoiser of `models.mmdiff`, conditioned on those features, the radar points
+around each joint, the past coarse poses and the predicted limb lengths. Only phase 2 is trained
+here (`STAGES`).
+
+Evaluation (spec §3): the root-relative coarse pose is taken as the state at the largest sampler
+step (t = 24 of 51, no noise added) and deterministic DDIM runs 3 steps down to t = -1; the result
+is averaged over hypotheses and made root-relative. Two upstream samplers exist
+(`sampling.update_history`):
+* False, HEAD (Oct 2024, the official code): only the current pose's 3 channels are denoised; the
+  past coarse poses stay fixed in the denoiser's input;
+* True, v1 (Nov 2023): DDIM runs on the whole [J, 3(P+1)] state, so the history channels are
+  "denoised" with the network's (untrained) outputs too and the temporal condition drifts.
+
+Training (spec §6): ε-prediction on the current pose with antithetic timesteps, loss
+Σ_{J,3}(ε − ε̂)² + 10 · Σ_16 |limb_pred − limb_gt|, both averaged over the batch. v1 additionally
+feeds the ground-truth limb lengths to the limb embedding (`train.limb_teacher_forcing`) and applies
+the forward process to the whole state with zero noise on the history, which scales the history by
+sqrt(ᾱ_t) (`train.diffuse_history`); HEAD does neither.
+
+Batches are dicts: `x_history` [B, J, 3(P+1)] (the P past coarse poses, oldest first, then the
+current coarse pose), `features` [B, J, F], `radar` [B, T, N, C] (only read with LRC on; may be
+absent otherwise) and for training `target_3d` [B, J, 3] (root-relative ground truth) and optionally
+`limb_lengths` [B, 16] (else computed from `target_3d`).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from posediff_jax.convert import mmdiff as convert_mmdiff
+from posediff_jax.diffusion import ddim
+from posediff_jax.diffusion import schedules
+from posediff_jax.families import icassp
+from posediff_jax.models import mmdiff as models
+from posediff_jax.models import mmdiff_phase1
+from posediff_jax.ops import points as point_ops
+
+STAGES = ("denoiser",)
+
+# Row-chunked evaluation on CPU (cache-sized pieces), shared with the ICASSP family.
+chunk_rows = icassp.chunk_rows
+map_rows = icassp.map_rows
+
+
+def denoiser_module(config) -> models.MultiConditionDenoiser:
+  return models.denoiser_from_config(config.model)
+
+
+_ENCODERS = {"p4transformer": mmdiff_phase1.P4TransformerEncoder,
+             "point_transformer": mmdiff_phase1.PointTransformerEncoder}
+
+
+def encoder_module(config):
+  """The phase-1 encoder of `config.phase1` (`encoder` names it; the other fields are its
+  attributes)."""
+  fields = dict(config.phase1)
+  name = fields.pop("encoder", None)
+  if name not in _ENCODERS:
+    raise ValueError(f"phase1.encoder must be one of {', '.join(_ENCODERS)}, got {name!r}")
+  if "temporal_padding" in fields:
+    fields["temporal_padding"] = tuple(fields["temporal_padding"])
+  return _ENCODERS[name](**fields)
+
+
+def encode(config, encoder_variables, radar: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Phase 1 on a radar window [B, T, N, C]: (coarse pose [B, J, 3], features [B, J, F]).
+
+  `encoder_variables` is what `convert` returns under 'encoder' ({'params': ...} and, for the Point
+  Transformer, 'batch_stats'). Phase 2 takes the pose root-relative (upstream caches it so).
+  """
+  return encoder_module(config).apply(encoder_variables, radar)
+
+
+def checkpoint_meta(config) -> dict:
+  """What a checkpoint records about its model, checked against the config when it is loaded."""
+  fields = ("hid_dim", "num_layers", "n_head", "feature_size", "past_frames", "radar_channels",
+            "local_flag", "temp_flag", "limb_flag")
+  return {"family": "mmdiff", "model": {k: config.model[k] for k in fields}}
+
+
+def convert(config, denoiser_path, phase1_path=None, *, ema: bool = False
+            ) -> tuple[dict, dict[str, list[str]]]:
+  """Upstream checkpoints -> ({'denoiser': params[, 'encoder': variables]}, {part: unused keys}).
+
+  Args:
+    config: the experiment config (`config.model`, and `config.phase1` with a phase-1 file).
+    denoiser_path: `{mmBody,MetaFi}_mmDiff_phase2.pth` (HEAD dict) or a v1 `ckpt_*.pth` list.
+    phase1_path: optional `{mmBody,MetaFi}_mmDiff_phase1.pth`, the encoder that makes phase 2's
+      inputs (see `encode`); the evaluation pipeline itself runs on cached phase-1 outputs.
+    ema: take a v1 file's EMA weights (upstream evaluates the live ones).
+
+  Raises:
+    ConversionError: a file is not a checkpoint of the expected model (the message says what).
+  """
+  state_dict = convert_mmdiff.load_state_dict(denoiser_path, ema=ema)
+  params, report = convert_mmdiff.convert_denoiser(state_dict, config.model,
+                                                   source=str(denoiser_path))
+  out, unused = {"denoiser": params}, {"denoiser": list(report.unused)}
+  if phase1_path:
+    encoder_sd = convert_mmdiff.load_state_dict(phase1_path)
+    out["encoder"], report = convert_mmdiff.convert_phase1(
+        encoder_sd, encoder_module(config), source=str(phase1_path))
+    unused["encoder"] = list(report.unused)
+  return out, unused
+
+
+def init_params(config, key) -> dict:
+  """Fresh parameters {'denoiser': ...} (PyTorch's default initialisers)."""
+  model = denoiser_module(config)
+  radar = (jnp.zeros((1, 2, max(model.local_points, 64), model.radar_channels), jnp.float32)
+           if model.uses_radar else None)
+  variables = model.init(
+      key, jnp.zeros((1, model.num_joints, model.state_channels), jnp.float32),
+      jnp.zeros((1,), jnp.float32),
+      jnp.zeros((1, model.num_joints, model.feature_size), jnp.float32), radar)
+  return {"denoiser": variables["params"]}
+
+
+def betas(config) -> np.ndarray:
+  """Upstream's linear β schedule (float64 linspace cast to float32), [diffusion.num_steps]."""
+  c = config.diffusion
+  if c.beta_schedule != "linear":
+    raise ValueError(f"mmDiff uses a linear beta schedule, got diffusion.beta_schedule="
+                     f"{c.beta_schedule!r}")
+  return schedules.linear_betas(c.beta_start, c.beta_end, c.num_steps)
+
+
+def sampler_timesteps(config) -> tuple[int, ...]:
+  """Upstream `seq` for the uniform skip: range(0, T_test, T_test // steps), e.g. (0, 12, 24)."""
+  c = config.sampling
+  if c.num_steps < 1 or c.timestep_range < c.num_steps:
+    raise ValueError(f"sampling.timestep_range ({c.timestep_range}) must be >= sampling.num_steps "
+                     f"({c.num_steps}) >= 1")
+  seq = tuple(range(0, c.timestep_range, c.timestep_range // c.num_steps))
+  if seq[-1] >= config.diffusion.num_steps:
+    raise ValueError(f"sampler step {seq[-1]} is outside the {config.diffusion.num_steps}-step "
+                     "schedule")
+  return seq
+
+
+def root_relative_frames(x_history: jax.Array) -> jax.Array:
+  """Subtracts joint 0 of every frame: [B, J, 3(P+1)] -> the same, each pose root-relative."""
+  return x_history - x_history[:, :1, :]
+
+
+def _check_batch(config, batch: dict, need_target: bool = False) -> None:
+  model = denoiser_module(config)
+  needed = ["x_history", "features"] + (["radar"] if model.uses_radar else [])
+  needed += ["target_3d"] if need_target else []
+  missing = [k for k in needed if k not in batch or batch[k] is None]
+  if missing:
+    raise ValueError(f"mmDiff batch lacks {', '.join(map(repr, missing))} (has "
+                     f"{', '.join(sorted(batch))}); needed: {', '.join(needed)}")
+  x = batch["x_history"]
+  if x.ndim != 3 or x.shape[1:] != (model.num_joints, model.state_channels):
+    raise ValueError(f"mmDiff batch['x_history'] must be [B, {model.num_joints}, "
+                     f"{model.state_channels}] (model.past_frames={model.past_frames} past coarse "
+                     f"poses + the current one), got {x.shape}")
+  if model.uses_radar:
+    point_ops.check_finite_points(batch["radar"], "batch['radar']")
+
+
+def predict(config, params, batch: dict, key=None, noise=None, return_trajectory=False):
+  """The whole phase-2 evaluation pipeline for one batch (upstream `mmDiffRunner.test`).
+
+  Args:
+    config: the experiment config (model sizes, diffusion, sampling).
+    params: {'denoiser': ...}.
+    batch: `x_history` [B, J, 3(P+1)], `features` [B, J, F] and, with LRC, `radar` [B, T, N, C].
+    key: PRNG key for eta > 0 (unused with upstream's eta = 0).
+    noise: optional injected sampler noise [K, H*B, J, D] in the order the steps run (replays a
+      recorded run); D = 3 for the HEAD sampler, 3(P+1) for v1 (`sampling.update_history`).
+    return_trajectory: also return the sampler's states and x0 predictions.
+
+  Returns:
+    [B, J, 3] root-relative refined poses (and, with `return_trajectory`, a dict with `x_start`
+    [H*B, J, D], `history` [H*B, J, 3(P+1)] (the root-relative, repeated input), `xs`
+    [K+1, H*B, J, D] and `x0_preds` [K, H*B, J, D], hypothesis-major).
+  """
+  _check_batch(config, batch)
+  model = denoiser_module(config)
+  hyp = int(config.sampling.hypotheses)
+  update_history = bool(config.sampling.update_history)
+  history = ddim.repeat_hypotheses(root_relative_frames(jnp.asarray(batch["x_history"])), hyp)
+  features = ddim.repeat_hypotheses(batch["features"], hyp)
+  radar = ddim.repeat_hypotheses(batch["radar"], hyp) if model.uses_radar else None
+  chunk = chunk_rows(config)
+  denoiser_params = params["denoiser"]
+
+  def network(x_all, t, *conditions):
+    feats, radar_rows = conditions if model.uses_radar else (conditions[0], None)
+    out, _ = model.apply({"params": denoiser_params}, x_all, t, feats, radar_rows)
+    return out
+
+  def run_network(x_all, t):
+    conditions = (features, radar) if model.uses_radar else (features,)
+    return map_rows(network, chunk, x_all, t, *conditions)
+
+  if update_history:
+    # v1 sampler: DDIM over the whole state, history channels included. Its `0 * limb_cond(...)`
+    # term (a limb-length gradient times 0) is left out: it only matters, as NaN, for coincident
+    # joints.
+    x_start, denoise = history, run_network
+  else:
+    past = history[..., :-3]
+    x_start = history[..., -3:]
+
+    def denoise(x, t):
+      return run_network(jnp.concatenate([past, x], axis=-1), t)[..., -3:]
+
+  out = ddim.ddim_sample(
+      denoise, x_start, sampler_timesteps(config), schedules.alpha_bars_with_start(betas(config)),
+      eta=config.sampling.eta, key=key, noise=noise, return_trajectory=return_trajectory)
+  x_final = out[0] if return_trajectory else out
+  pose = ddim.mean_over_hypotheses(x_final, hyp)[..., -3:]
+  pose = pose - pose[:, :1, :]
+  if return_trajectory:
+    return pose, {"x_start": x_start, "history": history, "xs": out[1], "x0_preds": out[2]}
+  return pose
+
+
+def loss_terms(config, denoiser_params, batch: dict, t: jax.Array, noise: jax.Array, *,
+               dropout_key=None) -> dict[str, jax.Array]:
+  """Upstream's phase-2 objective for given timesteps and noise (spec §6).
+
+  Args:
+    config: the experiment config (`train.limb_teacher_forcing`, `train.diffuse_history`,
+      `train.limb_loss_weight`).
+    denoiser_params: the denoiser's params.
+    batch: `x_history`, `features`, `radar` (with LRC), `target_3d` and optionally `limb_lengths`.
+    t: [B] integer timesteps in [0, diffusion.num_steps).
+    noise: [B, J, 3] ε for the current pose.
+    dropout_key: enables dropout (training); None runs the network deterministically.
+
+  Returns:
+    {'eps': mean_B Σ_{J,3} (ε − ε̂)², 'limb': mean_B Σ_16 |limb_pred − limb_gt|,
+     'total': eps + train.limb_loss_weight · limb}.
+  """
+  _check_batch(config, batch, need_target=True)
+  model = denoiser_module(config)
+  train = config.train
+  target = jnp.asarray(batch["target_3d"])
+  if noise.shape != target.shape:
+    raise ValueError(f"noise must have the shape of batch['target_3d'] {target.shape}, got "
+                     f"{noise.shape}")
+  limb_gt = batch.get("limb_lengths")
+  limb_gt = models.limb_lengths(target) if limb_gt is None else jnp.asarray(limb_gt)
+  alpha_bar = schedules.alpha_bars(betas(config))
+  x_t = schedules.q_sample(target, t, noise, alpha_bar)
+  past = jnp.asarray(batch["x_history"])[..., :-3]
+  if train.diffuse_history:
+    # v1 quirk: the whole state goes through q_sample with zero noise on the history.
+    past = schedules.q_sample(past, t, jnp.zeros_like(past), alpha_bar)
+  x_all = jnp.concatenate([past, x_t], axis=-1)
+  kwargs = ({"deterministic": True} if dropout_key is None
+            else {"deterministic": False, "rngs": {"dropout": dropout_key}})
+  eps, limb_pred = model.apply(
+      {"params": denoiser_params}, x_all, jnp.asarray(t).astype(jnp.float32), batch["features"],
+      batch.get("radar") if model.uses_radar else None,
+      limb_gt if train.limb_teacher_forcing else None, **kwargs)
+  eps_loss = jnp.mean(jnp.sum(jnp.square(noise - eps[..., -3:]), axis=(-2, -1)))
+  limb_loss = jnp.mean(jnp.sum(jnp.abs(limb_pred - limb_gt), axis=-1))
+  return {"eps": eps_loss, "limb": limb_loss,
+          "total": eps_loss + train.limb_loss_weight * limb_loss}
+
+
+def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
+  """The training loss: antithetic timesteps, Gaussian noise on the current pose, `loss_terms`."""
+  k_t, k_noise, k_drop = jax.random.split(key, 3)
+  target = jnp.asarray(batch["target_3d"])
+  t = schedules.antithetic_timesteps(k_t, target.shape[0], config.diffusion.num_steps)
+  noise = jax.random.normal(k_noise, target.shape, target.dtype)
+  return loss_terms(config, denoiser_params, batch, t, noise, dropout_key=k_drop)["total"]
+
+
+LOSSES = {"denoiser": denoiser_loss}
