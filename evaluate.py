@@ -8,7 +8,6 @@ A multi-process job (one process per host) adds --coordinator_address=HOST0:PORT
 --process_id=I, or sets POSEDIFF_DISTRIBUTED=1 on TPU pods, Slurm and OpenMPI (README: Scaling).
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

@@ -10,7 +10,6 @@ A multi-process job (one process per host) adds --coordinator_address=HOST0:PORT
 SIGTERM (preemption) saves a checkpoint at the current step and exits with status 0.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

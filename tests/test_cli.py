@@ -7,7 +7,6 @@ stderr that names what is wrong, never a traceback.
 
 import json
 import os
-import pathlib
 import re
 import shutil
 

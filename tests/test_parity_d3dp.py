@@ -28,33 +28,13 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.families import d3dp
 from posediff_jax.models import d3dp as d3dp_models
 from posediff_jax.models import transformer
-from tests.conftest import REPO_ROOT, parity_dir, parity_root
-
-RTOL = 1e-5
+from tests.conftest import REPO_ROOT, RTOL, assert_close, parity_dir, parity_root
 
 
-def assert_close(actual, expected, rtol=RTOL, what=""):
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-  scale = max(np.max(np.abs(expected)), 1e-12)
-  err = np.max(np.abs(actual - expected)) / scale
-  assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
 
 
-@pytest.fixture(scope="module")
-def root():
-  return parity_dir("d3dp")
 
-
-@pytest.fixture(scope="module")
-def io(root):
-  return safe_load.load_pickled_npz(root / "io.npz")
-
-
-@pytest.fixture(scope="module")
-def fixture_json(root):
-  return json.loads((root / "config.json").read_text())
-
+PARITY_FAMILY = "d3dp"  # the conftest fixtures root, io and fixture_json read it
 
 @pytest.fixture(scope="module")
 def config(fixture_json, io):
@@ -322,12 +302,6 @@ H36M_ROOT = 0
 MPI3DHP_ROOT = metrics_3dhp.MPI3DHP_ROOT_JOINT
 
 
-def _assert_close(ours, theirs, what):
-  ours, theirs = np.asarray(ours), np.asarray(theirs)
-  assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
-  scale = max(float(np.max(np.abs(theirs))), 1e-12)
-  err = float(np.max(np.abs(ours.astype(np.float64) - theirs))) / scale
-  assert err <= RTOL, f"{what}: relative error {err:.3g} > {RTOL}"
 
 
 def _assert_close_elementwise(ours, theirs, what):
@@ -348,8 +322,8 @@ def _h36m_reproj_error(io):
 def test_h36m_reprojection(io):
   reprojected = aggregation.reproject(io["ddim_preds"], io["gt_traj"], io["camera_intrinsic"],
                                       projection="distorted", root_joint=H36M_ROOT)
-  _assert_close(reprojected, io["agg_reproj_2d"], "agg_reproj_2d")
-  _assert_close(_h36m_reproj_error(io), io["agg_reproj_err_2d"], "agg_reproj_err_2d")
+  assert_close(reprojected, io["agg_reproj_2d"], what="agg_reproj_2d")
+  assert_close(_h36m_reproj_error(io), io["agg_reproj_err_2d"], what="agg_reproj_err_2d")
 
 
 def test_h36m_project_to_2d_numpy_and_jax(io):
@@ -358,13 +332,13 @@ def test_h36m_project_to_2d_numpy_and_jax(io):
   points = preds + io["gt_traj"][:, None, None]
   ours_np = cameras.project_to_2d(points, io["camera_intrinsic"])
   assert isinstance(ours_np, np.ndarray)
-  _assert_close(ours_np, io["agg_reproj_2d"], "project_to_2d (numpy)")
+  assert_close(ours_np, io["agg_reproj_2d"], what="project_to_2d (numpy)")
   ours_jax = cameras.project_to_2d(jnp.asarray(points), jnp.asarray(io["camera_intrinsic"]))
   assert isinstance(ours_jax, jax.Array)
-  _assert_close(ours_jax, io["agg_reproj_2d"], "project_to_2d (jax)")
+  assert_close(ours_jax, io["agg_reproj_2d"], what="project_to_2d (jax)")
   # One camera per clip ([B, 9]) broadcasts over the remaining axes like upstream's unsqueeze.
   per_clip = np.broadcast_to(io["camera_intrinsic"], (points.shape[0], 9))
-  _assert_close(cameras.project_to_2d(points, per_clip), io["agg_reproj_2d"], "[B, 9] camera")
+  assert_close(cameras.project_to_2d(points, per_clip), io["agg_reproj_2d"], what="[B, 9] camera")
 
 
 @pytest.mark.parametrize("mode", aggregation.MODES)
@@ -372,7 +346,7 @@ def test_h36m_poses_and_indices(io, mode):
   poses, indices = aggregation.aggregate_poses(
       io["ddim_preds"], io["gt_3d"], mode, reproj_error=_h36m_reproj_error(io),
       root_joint=H36M_ROOT)
-  _assert_close(poses, io[f"agg_pose_{mode}"], f"agg_pose_{mode}")
+  assert_close(poses, io[f"agg_pose_{mode}"], what=f"agg_pose_{mode}")
   if mode == "P_Agg":
     assert indices is None
   else:
@@ -410,7 +384,7 @@ def test_h36m_under_jit(io):
   out = run(io["ddim_preds"], io["gt_3d"], io["gt_traj"], io["camera_intrinsic"],
             io["inputs_2d"], jnp.ones((batch,), bool))
   for mode, ((poses, indices), p1, p2) in out.items():
-    _assert_close(poses, io[f"agg_pose_{mode}"], f"jit agg_pose_{mode}")
+    assert_close(poses, io[f"agg_pose_{mode}"], what=f"jit agg_pose_{mode}")
     if indices is not None:
       np.testing.assert_array_equal(np.asarray(indices), io[f"agg_idx_{mode}"])
     _assert_close_elementwise(p1, io[f"agg_err_p1_{mode}"], f"jit agg_err_p1_{mode}")
@@ -434,7 +408,7 @@ def test_padding_clips_do_not_count(io):
   for mode in aggregation.MODES:
     kwargs = dict(reproj_error=padded_reproj, clip_mask=clip_mask, root_joint=H36M_ROOT)
     poses, indices = aggregation.aggregate_poses(padded_preds, padded_target, mode, **kwargs)
-    _assert_close(np.asarray(poses)[:batch], io[f"agg_pose_{mode}"], f"padded {mode} pose")
+    assert_close(np.asarray(poses)[:batch], io[f"agg_pose_{mode}"], what=f"padded {mode} pose")
     if mode == "P_Best":
       np.testing.assert_array_equal(np.asarray(indices), io["agg_idx_P_Best"])
     for fn, key in ((aggregation.mpjpe_per_step, "p1"), (aggregation.p_mpjpe_per_step, "p2")):
@@ -466,22 +440,22 @@ def test_3dhp_jpma(io, case):
 
   reprojected = aggregation.reproject(preds, trajectory, camera.intrinsic,
                                       projection=camera.projection, root_joint=MPI3DHP_ROOT)
-  _assert_close(reprojected, io[f"{case}_reproj_px"], f"{case}_reproj_px")
+  assert_close(reprojected, io[f"{case}_reproj_px"], what=f"{case}_reproj_px")
   width, height = camera.image_size
   target_px = cameras.image_coordinates(io[f"{case}_inputs_2d_norm"], width, height)
-  _assert_close(target_px, io[f"{case}_target_px"], f"{case}_target_px")
+  assert_close(target_px, io[f"{case}_target_px"], what=f"{case}_target_px")
 
   reproj_error = aggregation.reprojection_error(
       preds, trajectory, camera.intrinsic, io[f"{case}_inputs_2d_norm"], camera.projection,
       camera.image_size, root_joint=MPI3DHP_ROOT)
   expected_error = np.linalg.norm(io[f"{case}_reproj_px"] - io[f"{case}_target_px"][:, None, None],
                                   axis=-1)
-  _assert_close(reproj_error, expected_error, f"{case} reprojection error (px)")
+  assert_close(reproj_error, expected_error, what=f"{case} reprojection error (px)")
 
   for mode in aggregation.MODES:
     poses, indices = aggregation.aggregate_poses(preds, target, mode, reproj_error=reproj_error,
                                                  root_joint=MPI3DHP_ROOT)
-    _assert_close(poses, io[f"{case}_{mode}"], f"{case}_{mode}")
+    assert_close(poses, io[f"{case}_{mode}"], what=f"{case}_{mode}")
     if mode != "P_Agg":
       np.testing.assert_array_equal(np.asarray(indices), io[f"{case}_idx_{mode}"])
 

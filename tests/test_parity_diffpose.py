@@ -31,33 +31,13 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.families import diffpose
 from posediff_jax.models import diffpose as diffpose_models
 from posediff_jax.models import layers
-from tests.conftest import REPO_ROOT, parity_dir
-
-RTOL = 1e-5
+from tests.conftest import REPO_ROOT, assert_close, parity_dir
 
 
-def assert_close(actual, expected, rtol=RTOL, what=""):
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-  scale = max(np.max(np.abs(expected)), 1e-12)
-  err = np.max(np.abs(actual - expected)) / scale
-  assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
 
 
-@pytest.fixture(scope="module")
-def root():
-  return parity_dir("diffpose")
 
-
-@pytest.fixture(scope="module")
-def io(root):
-  return safe_load.load_pickled_npz(root / "io.npz")
-
-
-@pytest.fixture(scope="module")
-def fixture_json(root):
-  return json.loads((root / "config.json").read_text())
-
+PARITY_FAMILY = "diffpose"  # the conftest fixtures root, io and fixture_json read it
 
 def config_overrides(root, fixture_json) -> dict[str, object]:
   """`--config.*` overrides that turn configs/diffpose_h36m.py into the fixture's setting."""

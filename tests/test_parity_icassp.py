@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -35,30 +34,17 @@ from posediff_jax.families import diffpose
 from posediff_jax.families import icassp
 from posediff_jax.models import icassp as icassp_models
 from posediff_jax.models import layers
-from tests.conftest import REPO_ROOT, parity_dir, parity_root
+from tests.conftest import REPO_ROOT, assert_close, parity_dir, parity_root
 # The DiffPose parity tests' helpers: relative-error check, table parser, CLI runner.
 from tests import tiny_run
-from tests.test_parity_diffpose import _run, _table_rows, assert_close
+from tests.test_parity_diffpose import _run, _table_rows
 
 # Upstream's world->camera ran through torch's CPU cross product (a fused multiply-add); float32
 # numpy differs from it by at most 1 ulp of the ~5 m coordinates (as for DiffPose).
 _CAMERA_ATOL = 2e-6
 
 
-@pytest.fixture(scope="module")
-def root():
-  return parity_dir("icassp")
-
-
-@pytest.fixture(scope="module")
-def io(root):
-  return safe_load.load_pickled_npz(root / "io.npz")
-
-
-@pytest.fixture(scope="module")
-def fixture_json(root):
-  return json.loads((root / "config.json").read_text())
-
+PARITY_FAMILY = "icassp"  # the conftest fixtures root, io and fixture_json read it
 
 def config_overrides(root, fixture_json) -> dict[str, object]:
   """`--config.*` overrides that turn configs/icassp_h36m.py into the fixture's setting."""

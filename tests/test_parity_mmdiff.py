@@ -22,34 +22,13 @@ from posediff_jax.families import mmdiff
 from posediff_jax.models import layers
 from posediff_jax.models import mmdiff as models
 from tests import torch_format
-from tests.conftest import parity_dir, parity_root
-
-RTOL = 1e-5
+from tests.conftest import assert_close, parity_dir, parity_root
 
 
-def assert_close(actual, expected, rtol=RTOL, what=""):
-  """Max abs error relative to the largest reference magnitude."""
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-  scale = max(np.max(np.abs(expected)), 1e-12)
-  err = np.max(np.abs(actual - expected)) / scale
-  assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
 
 
-@pytest.fixture(scope="module")
-def root():
-  return parity_dir("mmdiff")
 
-
-@pytest.fixture(scope="module")
-def io(root):
-  return dict(np.load(root / "io.npz"))
-
-
-@pytest.fixture(scope="module")
-def fixture_json(root):
-  return json.loads((root / "config.json").read_text())
-
+PARITY_FAMILY = "mmdiff"  # the conftest fixtures root, io and fixture_json read it
 
 def fixture_config(fixture_json, **extra):
   """configs/mmdiff_mmbody.py turned into the fixture's reduced setting."""
