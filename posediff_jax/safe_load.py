@@ -11,12 +11,21 @@ only an allowlist of names:
 
 Any other global in the stream raises `UnsafePickleError` naming the file and the global, before anything
 from the file is called.
+
+TorchScript archives (`torch.jit.save`, e.g. OpenAI's CLIP `ViT-B-32.pt`) are the same zip layout
+with module objects in `data.pkl`: there a `__torch__.*` class name becomes an inert
+`TorchScriptObject` that only holds the attributes the pickle sets, and
+`load_torchscript_state_dict` flattens the module tree into `{dotted.name: array}` of the
+parameters and buffers that the archive's `code/` declares (read as text; nothing in `code/` is
+compiled or run).
 """
 
+import ast
 import collections
 import io
 import pathlib
 import pickle
+import re
 import zipfile
 from typing import Any
 
@@ -91,40 +100,187 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
   return allowed
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Resolves only allowlisted globals; torch storages come from `storages`."""
+class TorchScriptObject:
+  """Inert stand-in for an instance of a TorchScript class (`__torch__.*`) read from a pickle.
 
-  def __init__(self, data: bytes, source: str, storages=None):
+  TorchScript pickles a module as `GLOBAL __torch__.<module> <Class>`, `NEWOBJ` with no arguments
+  and `BUILD` with its attribute dict. Each class name gets its own subclass of this one, so that
+  `qualified_name` says which class it was; `state` holds whatever BUILD passed (normally
+  {attribute: value}). No method of the original class exists here and none is ever looked up.
+  """
+
+  qualified_name = "__torch__"
+  state: Any = None
+
+  def __init__(self):  # A REDUCE that passes arguments fails here instead of building anything.
+    self.state = None
+
+  def __setstate__(self, state):
+    self.state = state
+
+  def __repr__(self) -> str:
+    return f"<TorchScriptObject {self.qualified_name}>"
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _as_list(data):
+  return list(data)
+
+
+def _restore_type_tag(value, unused_type_name):
+  return value
+
+
+def _device(name):
+  return str(name)
+
+
+# Globals the TorchScript pickler names: torch/jit/_pickle.py's helpers, which just return their
+# data, and torch.device, kept as its string.
+_TORCHSCRIPT_GLOBALS = {
+    ("torch.jit._pickle", "build_intlist"): _as_list,
+    ("torch.jit._pickle", "build_tensorlist"): _as_list,
+    ("torch.jit._pickle", "build_doublelist"): _as_list,
+    ("torch.jit._pickle", "build_boollist"): _as_list,
+    ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
+    ("torch", "device"): _device,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Resolves only allowlisted globals; torch storages come from `storages`.
+
+  With `torchscript=True` it also accepts `__torch__.*` class names (as inert `TorchScriptObject`
+  subclasses) and the TorchScript list / type-tag helpers.
+  """
+
+  def __init__(self, data: bytes, source: str, storages=None, torchscript: bool = False):
     super().__init__(io.BytesIO(data))
     self._source = source
     self._storages = storages
     self._allowed = _allowed_globals()
+    self._torchscript = torchscript
+    self._script_classes: dict[str, type] = {}
+
+  def _script_class(self, module: str, name: str) -> type:
+    qualified = f"{module}.{name}"
+    if not all(_IDENTIFIER.fullmatch(part) for part in qualified.split(".")):
+      raise UnsafePickleError(f"{self._source}: malformed TorchScript class name {qualified!r}")
+    if qualified not in self._script_classes:
+      self._script_classes[qualified] = type(
+          name, (TorchScriptObject,), {"qualified_name": qualified, "__module__": __name__})
+    return self._script_classes[qualified]
 
   def find_class(self, module, name):
-    try:
-      return self._allowed[(module, name)]
-    except KeyError:
-      raise UnsafePickleError(
-          f"{self._source}: the pickle asks for '{module}.{name}', which is not allowed (only tensors, "
-          "numpy arrays and scalars, RandomState and plain containers are read; nothing from the file "
-          "is executed)") from None
+    key = (module, name)
+    if key in self._allowed:
+      return self._allowed[key]
+    if self._torchscript:
+      if key in _TORCHSCRIPT_GLOBALS:
+        return _TORCHSCRIPT_GLOBALS[key]
+      if module == "__torch__" or module.startswith("__torch__."):
+        return self._script_class(module, name)
+    hint = ""
+    if module == "__torch__" or module.startswith("__torch__."):
+      hint = " (this is a TorchScript archive: read it with load_torchscript_state_dict)"
+    raise UnsafePickleError(
+        f"{self._source}: the pickle asks for '{module}.{name}', which is not allowed (only "
+        "tensors, numpy arrays and scalars, RandomState and plain containers are read; nothing "
+        f"from the file is executed){hint}") from None
 
   def persistent_load(self, pid):
     if self._storages is None or not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
       raise UnsafePickleError(f"{self._source}: unexpected persistent id {pid!r} in the pickle")
+    if len(pid) != 5:
+      raise ValueError(f"{self._source}: malformed storage reference {pid!r} in the pickle")
     _, storage_type, key, _, numel = pid
     if not isinstance(storage_type, _StorageType):
-      raise UnsafePickleError(f"{self._source}: storage {key!r} has unsupported type {storage_type!r}")
+      raise UnsafePickleError(
+          f"{self._source}: storage {key!r} has unsupported type {storage_type!r}")
     return self._storages(str(key), storage_type, numel)
 
 
-def _unpickle(data: bytes, source: str, storages=None) -> Any:
+def _unpickle(data: bytes, source: str, storages=None, torchscript: bool = False) -> Any:
   try:
-    return _RestrictedUnpickler(data, source, storages).load()
+    return _RestrictedUnpickler(data, source, storages, torchscript).load()
   except UnsafePickleError:
     raise
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
     raise ValueError(f"{source}: corrupt or truncated pickle ({type(e).__name__}: {e})") from None
+
+
+class _TorchZip:
+  """An open torch zip archive (`torch.save` or `torch.jit.save`): its records and storages.
+
+  Attributes:
+    prefix: the archive's top folder with a trailing '/' ('' if the records sit at the root).
+    names: every record name.
+  """
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    if not path.is_file():
+      raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+      self._zip = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+      raise ValueError(
+          f"{path}: not a torch zip checkpoint (truncated, corrupt, or saved by torch < 1.6 with "
+          "_use_new_zipfile_serialization=False; re-save it with a recent torch)") from None
+    self.names = self._zip.namelist()
+    pickles = [n for n in self.names if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pickles) != 1:
+      self._zip.close()
+      raise ValueError(
+          f"{path}: expected one data.pkl in the torch archive, found {pickles or 'none'}")
+    self.prefix = pickles[0][: -len("data.pkl")]
+    byteorder_name = self.prefix + "byteorder"
+    if byteorder_name in self.names and self._zip.read(byteorder_name).strip() not in (b"little",
+                                                                                         b""):
+      self._zip.close()
+      raise ValueError(f"{path}: big-endian torch checkpoints are not supported")
+    self._cache: dict[str, np.ndarray] = {}
+
+  def __enter__(self) -> "_TorchZip":
+    return self
+
+  def __exit__(self, *unused) -> None:
+    self._zip.close()
+
+  @property
+  def is_torchscript(self) -> bool:
+    """Whether this is a `torch.jit.save` archive (it has `constants.pkl` or a `code/` folder)."""
+    code = self.prefix + "code/"
+    return (self.prefix + "constants.pkl" in self.names
+            or any(n.startswith(code) for n in self.names))
+
+  def read(self, member: str) -> bytes:
+    try:
+      return self._zip.read(member)
+    except KeyError:
+      raise ValueError(f"{self.path}: record {member!r} is missing from the archive") from None
+    except (zipfile.BadZipFile, OSError) as e:
+      raise ValueError(f"{self.path}: cannot read {member!r} ({e})") from None
+
+  def data_pickle(self) -> bytes:
+    return self.read(self.prefix + "data.pkl")
+
+  def storage(self, key: str, storage_type: _StorageType, numel: int) -> np.ndarray:
+    """The flat storage `data/<key>` as a read-only numpy array of `numel` elements."""
+    if key not in self._cache:
+      member = f"{self.prefix}data/{key}"
+      if member not in self.names:
+        raise ValueError(f"{self.path}: tensor storage {member!r} is missing (truncated file?)")
+      raw = self.read(member)
+      dtype = storage_type.dtype
+      dtype = np.dtype(dtype() if callable(dtype) and not isinstance(dtype, type) else dtype)
+      if len(raw) < numel * dtype.itemsize:
+        raise ValueError(f"{self.path}: storage {member!r} holds {len(raw)} bytes, expected "
+                         f"{numel * dtype.itemsize} ({numel} x {dtype})")
+      self._cache[key] = np.frombuffer(raw, dtype=dtype, count=numel)
+    return self._cache[key]
 
 
 def load_torch_checkpoint(path) -> Any:
@@ -139,49 +295,146 @@ def load_torch_checkpoint(path) -> Any:
 
   Raises:
     FileNotFoundError: the file does not exist.
-    UnsafePickleError: the pickle names anything outside the allowlist.
+    UnsafePickleError: the pickle names anything outside the allowlist (a TorchScript archive's
+      `__torch__.*` classes included: read those with `load_torchscript_state_dict`).
     ValueError: the file is not a torch zip checkpoint, or it is truncated.
   """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"checkpoint file not found: {path}")
-  try:
-    archive = zipfile.ZipFile(path)
-  except zipfile.BadZipFile:
-    raise ValueError(
-        f"{path}: not a torch zip checkpoint (truncated, corrupt, or saved by torch < 1.6 with "
-        "_use_new_zipfile_serialization=False; re-save it with a recent torch)") from None
-  with archive:
-    names = archive.namelist()
-    pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-    if len(pickles) != 1:
-      raise ValueError(f"{path}: expected one data.pkl in the torch archive, found {pickles or 'none'}")
-    prefix = pickles[0][: -len("data.pkl")]
-    byteorder_name = prefix + "byteorder"
-    if byteorder_name in names and archive.read(byteorder_name).strip() not in (b"little", b""):
-      raise ValueError(f"{path}: big-endian torch checkpoints are not supported")
-    cache = {}
+  with _TorchZip(path) as archive:
+    return _unpickle(archive.data_pickle(), str(path), archive.storage)
 
-    def storage(key, storage_type, numel):
-      if key not in cache:
-        member = f"{prefix}data/{key}"
-        try:
-          raw = archive.read(member)
-        except KeyError:
-          raise ValueError(f"{path}: tensor storage {member!r} is missing (truncated file?)") from None
-        dtype = storage_type.dtype
-        dtype = np.dtype(dtype() if callable(dtype) and not isinstance(dtype, type) else dtype)
-        if len(raw) < numel * dtype.itemsize:
-          raise ValueError(f"{path}: storage {member!r} holds {len(raw)} bytes, expected "
-                           f"{numel * dtype.itemsize} ({numel} x {dtype})")
-        cache[key] = np.frombuffer(raw, dtype=dtype, count=numel)
-      return cache[key]
 
-    try:
-      data = archive.read(pickles[0])
-    except (zipfile.BadZipFile, OSError) as e:
-      raise ValueError(f"{path}: cannot read data.pkl ({e})") from None
-    return _unpickle(data, str(path), storage)
+def is_torchscript_archive(path) -> bool:
+  """Whether `path` is a `torch.jit.save` archive rather than a `torch.save` checkpoint.
+
+  Raises:
+    FileNotFoundError, ValueError: as `load_torch_checkpoint` (missing, not a torch zip file).
+  """
+  with _TorchZip(pathlib.Path(path)) as archive:
+    return archive.is_torchscript
+
+
+_CLASS_HEADER = re.compile(r"^class\s+([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^)]*)\))?\s*:", re.M)
+_DECLARATION = re.compile(r"^\s+(__parameters__|__buffers__)\s*=\s*(\[.*\])\s*$", re.M)
+
+
+class _ClassDeclarations:
+  """Which attributes of each TorchScript module class are parameters and buffers.
+
+  `torch.jit.save` prints every module class into `code/<module path>.py` with
+  `__parameters__ = ["weight", ...]` and `__buffers__ = [...]` lines in the class body. These two
+  list literals are parsed with `ast.literal_eval`; the rest of the source is never interpreted.
+  """
+
+  def __init__(self, archive: _TorchZip):
+    self._archive = archive
+    self._cache: dict[str, tuple[bool, tuple[str, ...], tuple[str, ...]]] = {}
+
+  def __call__(self, qualified_name: str) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(is a Module, parameter names, buffer names) of one class."""
+    if qualified_name not in self._cache:
+      self._cache[qualified_name] = self._parse(qualified_name)
+    return self._cache[qualified_name]
+
+  def _parse(self, qualified_name: str) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    module, _, class_name = qualified_name.rpartition(".")
+    member = f"{self._archive.prefix}code/{module.replace('.', '/')}.py"
+    where = f"{self._archive.path}: {member}"
+    if member not in self._archive.names:
+      raise ValueError(f"{self._archive.path}: the source of TorchScript class {qualified_name!r} "
+                       f"({member!r}) is missing from the archive")
+    source = self._archive.read(member).decode("utf-8", errors="replace")
+    headers = list(_CLASS_HEADER.finditer(source))
+    for i, header in enumerate(headers):
+      if header.group(1) == class_name:
+        break
+    else:
+      raise ValueError(f"{where} has no 'class {class_name}' (for {qualified_name!r})")
+    body_end = headers[i + 1].start() if i + 1 < len(headers) else len(source)
+    body = source[header.end():body_end]
+    is_module = (header.group(2) or "").strip() == "Module"
+    found: dict[str, tuple[str, ...]] = {}
+    for declaration in _DECLARATION.finditer(body):
+      try:
+        names = ast.literal_eval(declaration.group(2))
+      except (ValueError, SyntaxError):
+        names = None
+      if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{where}: class {class_name} has a malformed {declaration.group(1)} "
+                         f"line: {declaration.group(0).strip()!r}")
+      found[declaration.group(1)] = tuple(names)
+    if is_module and "__parameters__" not in found:
+      raise ValueError(f"{where}: module class {class_name} declares no __parameters__")
+    # Archives from before buffers were declared separately list none: torch loads them without.
+    return is_module, found.get("__parameters__", ()), found.get("__buffers__", ())
+
+
+def _flatten_script_module(obj: TorchScriptObject, prefix: str, declarations: _ClassDeclarations,
+                           out: dict[str, np.ndarray], source: str, active: set[int]) -> None:
+  """Adds `obj`'s parameters and buffers, then its submodules', to `out` (state_dict order)."""
+  where = prefix[:-1] or "the root module"
+  if id(obj) in active:
+    raise ValueError(f"{source}: module {where} contains itself")
+  is_module, parameters, buffers = declarations(obj.qualified_name)
+  if not is_module:
+    return
+  state = obj.state
+  if not isinstance(state, dict):
+    raise ValueError(f"{source}: module {where} ({obj.qualified_name}) stores its state as "
+                     f"{type(state).__name__}, not an attribute dict; cannot read its tensors")
+  for name in parameters + buffers:
+    if name not in state:
+      raise ValueError(f"{source}: module {where} ({obj.qualified_name}) declares {name!r} but "
+                       "the pickle has no such attribute")
+    value = state[name]
+    if value is None:  # An optional parameter left unset, e.g. a Linear without bias.
+      continue
+    if not isinstance(value, np.ndarray):
+      raise ValueError(f"{source}: {prefix}{name} should be a tensor, found "
+                       f"{type(value).__name__}")
+    out[prefix + name] = value
+  active.add(id(obj))
+  for name, value in state.items():
+    if isinstance(value, TorchScriptObject):
+      _flatten_script_module(value, f"{prefix}{name}.", declarations, out, source, active)
+  active.discard(id(obj))
+
+
+def load_torchscript_state_dict(path) -> dict[str, np.ndarray]:
+  """Reads the parameters and buffers of a TorchScript archive without torch and without its code.
+
+  The module tree in `data.pkl` is unpickled into inert `TorchScriptObject`s (tensors come from
+  the `data/` storages as in `load_torch_checkpoint`); which attributes are parameters or buffers
+  is read from the `__parameters__` / `__buffers__` lines of each class in `code/`. Nothing from
+  the archive is compiled, imported or called; `constants.pkl` (tensor constants of the code) is
+  not read.
+
+  Args:
+    path: a `torch.jit.save` archive, e.g. OpenAI's CLIP `ViT-B-32.pt`.
+
+  Returns:
+    `{dotted.name: array}` in `state_dict()` order, as `torch.jit.load(path).state_dict()` would
+    give (e.g. `transformer.resblocks.0.attn.in_proj_weight`), arrays in their stored dtype.
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    UnsafePickleError: `data.pkl` names a global that is neither a `__torch__.*` class nor allowed.
+    ValueError: not a TorchScript archive (a plain `torch.save` file), truncated, or its module
+      tree or class declarations are not as `torch.jit.save` writes them.
+  """
+  path = pathlib.Path(path)
+  with _TorchZip(path) as archive:
+    if not archive.is_torchscript:
+      raise ValueError(f"{path}: not a TorchScript archive (no {archive.prefix}constants.pkl and "
+                       f"no {archive.prefix}code/); it is a torch.save checkpoint: read it with "
+                       "load_torch_checkpoint")
+    root = _unpickle(archive.data_pickle(), str(path), archive.storage, torchscript=True)
+    if not isinstance(root, TorchScriptObject):
+      raise ValueError(f"{path}: data.pkl holds {type(root).__name__}, expected a TorchScript "
+                       "module object (__torch__.*)")
+    out: dict[str, np.ndarray] = {}
+    _flatten_script_module(root, "", _ClassDeclarations(archive), out, str(path), set())
+  return out
 
 
 def load_pickled_npz(path, required_keys=()) -> dict[str, Any]:
