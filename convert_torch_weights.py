@@ -7,6 +7,9 @@ r"""Converts the authors' released PyTorch checkpoints into an orbax checkpoint 
   # Only the lifter, to train a DiffPose or ICASSP denoiser from scratch on top of it:
   python convert_torch_weights.py --family icassp --lifter gcn_xyz_cpn.pth \
       --output checkpoints/lifter_cpn
+  # mmDiff: phase 2 (--checkpoint) and its phase-1 radar encoder (--lifter; needed on raw data):
+  python convert_torch_weights.py --family mmdiff --checkpoint mmBody_mmDiff_phase2.pth \
+      --lifter mmBody_mmDiff_phase1.pth --output checkpoints/mmdiff_mmbody
 
 The files are read by posediff_jax.safe_load: tensors only, no torch, nothing from the file is executed.
 Model sizes come from --config (default: the family's Human3.6M config, configs/<family>_h36m.py)
@@ -43,8 +46,11 @@ def _default_config() -> str:
 
 _FAMILY = flags.DEFINE_enum("family", None, list(families.FAMILIES), "Model family of the checkpoint.")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "The denoiser checkpoint (.pth / .bin); leave it out to convert a lifter alone.")
-_LIFTER = flags.DEFINE_string("lifter", None, "The lifter checkpoint (families with a separate lifter).")
+    "checkpoint", None, "The denoiser checkpoint (.pth / .bin; mmDiff: the phase-2 file); leave it "
+    "out to convert a lifter (mmDiff: a phase-1 encoder) alone.")
+_LIFTER = flags.DEFINE_string(
+    "lifter", None, "The lifter checkpoint (families with a separate lifter); for mmdiff the "
+    "phase-1 radar encoder, {mmBody,MetaFi}_mmDiff_phase1.pth.")
 _OUTPUT = flags.DEFINE_string("output", None, "New directory for the orbax checkpoint.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _default_config(),
@@ -57,7 +63,8 @@ def main(argv):
   del argv
   runtime.initialize()
   if not _CHECKPOINT.value and not _LIFTER.value:
-    raise app.UsageError("give --checkpoint (and --lifter for DiffPose/ICASSP), or --lifter alone")
+    raise app.UsageError("give --checkpoint (and --lifter for DiffPose/ICASSP, or mmDiff's "
+                         "phase 1), or --lifter alone")
   config = _CONFIG.value
   if config.family != _FAMILY.value:
     raise app.UsageError(f"--family {_FAMILY.value} but --config is for {config.family!r}")

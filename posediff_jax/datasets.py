@@ -1,9 +1,12 @@
-"""Which data a config reads, and how: single frames (DiffPose, ICASSP) or clips (D3DP family).
+"""Which data a config reads, and how: single frames (DiffPose, ICASSP), clips (D3DP family) or
+radar frames (mmDiff).
 
 `config.data.layout` says which ("frames" when absent). Frame configs read DiffPose's GMM files
 through `data.h36m`; clip configs read VideoPose3D's files or MPI-INF-3DHP's (`config.data.dataset`)
-through `data.video`. Training and evaluation only talk to this module, so they never branch on
-the file format themselves.
+through `data.video`; radar configs read mmBody or mm-Fi (raw, or upstream's phase-2 cache) through
+`data.radar`. Training and evaluation only talk to this module, so they never branch on the file
+format themselves. Radar data is read per training stage (`staged`, `stage_data`): the denoiser
+stage reads the frames with the frozen encoder's outputs.
 """
 
 import pathlib
@@ -14,11 +17,38 @@ from posediff_jax.data import h36m
 from posediff_jax.data import pipeline
 from posediff_jax.data import synthetic
 
+LAYOUTS = ("frames", "clips", "radar")
+
+
 def layout(config) -> str:
   value = config.data.get("layout", "frames")
-  if value not in ("frames", "clips"):
-    raise ValueError(f"config.data.layout must be 'frames' or 'clips', got {value!r}")
+  if value not in LAYOUTS:
+    raise ValueError(f"config.data.layout must be one of {', '.join(map(repr, LAYOUTS))}, got "
+                     f"{value!r}")
   return value
+
+
+def staged(config) -> bool:
+  """Whether each training stage reads its own stream (`stage_data`, `train_dataset(stage=)`)."""
+  return layout(config) == "radar"
+
+
+def check_stages(config, stages) -> None:
+  """A clear error before training when the data cannot feed one of the planned stages."""
+  if layout(config) == "radar":
+    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
+    settings = radar.settings_from_config(config)
+    for stage in stages:
+      radar.check_stage(settings, stage)
+
+
+def stage_data(config, stage: str, params, train, test, *, progress: bool = True):
+  """The (train, test) data a stage reads (radar: the denoiser's come with the frozen encoder's
+  outputs, computed here with `params`); the splits themselves for other layouts."""
+  if layout(config) != "radar":
+    return train, test
+  from posediff_jax import radar_evaluation  # pylint: disable=g-import-not-at-top
+  return radar_evaluation.prepare_stage(config, stage, params, train, test, progress=progress)
 
 
 def joint_symmetry(config) -> tuple[tuple[int, ...], tuple[int, ...], int]:
@@ -37,6 +67,9 @@ def _require(path: pathlib.Path, field: str) -> pathlib.Path:
 
 def data_paths(config) -> dict[str, pathlib.Path]:
   """The files `config.data` names, generating the synthetic set first if asked."""
+  if layout(config) == "radar":
+    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
+    return radar.data_paths(config)
   root = pathlib.Path(config.data.root)
   if config.data.get("dataset", "h36m") == "3dhp":
     if config.data.get("generate_synthetic", False):
@@ -55,13 +88,17 @@ def data_paths(config) -> dict[str, pathlib.Path]:
 
 
 def load_split(config, split: str) -> Any:
-  """The train or test split: an `h36m.FrameSet`, or a list of `video.VideoSequence` for clips.
+  """The train or test split: an `h36m.FrameSet`, a list of `video.VideoSequence` for clips, or a
+  `radar.RadarSplit`.
 
   Frames: `config.data.kernel` ("weighted" when absent) and `config.data.fixed_resolution` (each
   camera's own resolution when absent or None) are passed on to `h36m.load_frame_set`.
   """
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+  if layout(config) == "radar":
+    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
+    return radar.load_split(config, split)
   paths = data_paths(config)
   if layout(config) == "clips":
     from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
@@ -85,11 +122,22 @@ def num_train_examples(config, data) -> int:
     lengths = [len(s.input_2d) for s in data]
     return len(video.chunk_index(lengths, config.model.num_frames,
                                  config.train.get("flip_augment", False)))
-  return len(data.target_3d)
+  return len(data.target_3d)  # frames, and radar frames
 
 
-def train_dataset(config, data, *, batch_size: int, shard_index: int, shard_count: int):
-  """The checkpointable training stream of `batch_size` examples per batch on this process."""
+def train_dataset(config, data, *, batch_size: int, shard_index: int, shard_count: int,
+                  stage: str | None = None):
+  """The checkpointable training stream of `batch_size` examples per batch on this process.
+
+  `stage` picks the stream of one training stage for `staged` layouts (radar).
+  """
+  if layout(config) == "radar":
+    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
+    if stage is None:
+      raise ValueError("radar data has one training stream per stage: pass stage=")
+    return radar.train_dataset(data, radar.settings_from_config(config), stage=stage,
+                               batch_size=batch_size, seed=config.seed, shard_index=shard_index,
+                               shard_count=shard_count, worker_count=config.data.worker_count)
   if layout(config) == "clips":
     from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
     left, right, _ = joint_symmetry(config)

@@ -3,7 +3,7 @@
 Every process walks the same global batches; each feeds its own rows, the batch is split over the
 mesh's `data` axis, and the per-frame errors come back to every process, which all fill the same
 table (only process 0 prints it). Clip families (D3DP and its descendants) are evaluated by
-`video_evaluation`.
+`video_evaluation`, radar data (mmDiff) by `radar_evaluation`.
 """
 
 import copy
@@ -48,6 +48,9 @@ def make_predict_fn(config):
   if datasets.layout(config) == "clips":
     from posediff_jax import video_evaluation  # pylint: disable=g-import-not-at-top
     return video_evaluation.make_predict_fn(config)
+  if datasets.layout(config) == "radar":
+    from posediff_jax import radar_evaluation  # pylint: disable=g-import-not-at-top
+    return radar_evaluation.make_predict_fn(config)
   family = families.get(config.family)
   return jax.jit(functools.partial(family.predict, config))
 
@@ -70,11 +73,16 @@ def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = Tru
       one compiles again.
 
   Returns:
-    The filled table: `metrics.ActionErrorTable` for frames; for clips, `video_evaluation`'s.
+    The filled table: `metrics.ActionErrorTable` for frames; for clips, `video_evaluation`'s; for
+    radar data, `radar_evaluation.RadarEvaluation` (per scene).
   """
   if datasets.layout(config) == "clips":
     from posediff_jax import video_evaluation  # pylint: disable=g-import-not-at-top
     return video_evaluation.evaluate(config, params, data, max_batches=max_batches,
+                                     progress=progress, predict_fn=predict_fn)
+  if datasets.layout(config) == "radar":
+    from posediff_jax import radar_evaluation  # pylint: disable=g-import-not-at-top
+    return radar_evaluation.evaluate(config, params, data, max_batches=max_batches,
                                      progress=progress, predict_fn=predict_fn)
   frames: h36m.FrameSet = data
   mesh = sharding.make_mesh(config.get("mesh"))
@@ -104,16 +112,21 @@ def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = Tru
   return table
 
 
+def _as_json(value):
+  return json.loads(json.dumps(value))
+
+
 def check_checkpoint_matches(config, meta: dict[str, Any], path) -> None:
   """A clear error when a checkpoint was made for another family or other model sizes."""
   family = meta.get("family")
   if family and family != config.family:
     raise ValueError(f"checkpoint {path} holds a {family!r} model but the config is for "
                      f"{config.family!r}; use the matching configs/{family}_*.py")
-  for section in ("model", "lifter"):
+  for section in ("model", "lifter", "phase1"):
     saved = meta.get(section) or {}
     for field, value in saved.items():
-      if field in config.get(section, {}) and config[section][field] != value:
+      # JSON turns tuples into lists; compare as JSON does.
+      if field in config.get(section, {}) and _as_json(config[section][field]) != value:
         raise ValueError(
             f"checkpoint {path} has {section}.{field}={value} but the config says "
             f"{config[section][field]}; pass --config.{section}.{field}={value}")
@@ -131,7 +144,15 @@ def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None) -
     plots.check_matplotlib()  # before the (long) evaluation
   params, meta, step = checkpoint.load_model(checkpoint_dir, use_ema=config.eval.use_ema)
   check_checkpoint_matches(config, meta, checkpoint_dir)
-  missing = [part for part in families.get(config.family).STAGES if part not in params]
+  family = families.get(config.family)
+  needed = family.eval_parts(config) if hasattr(family, "eval_parts") else family.STAGES
+  missing = [part for part in needed if part not in params]
+  if missing and datasets.layout(config) == "radar":
+    raise ValueError(f"checkpoint {checkpoint_dir} has no {' or '.join(missing)} (it holds "
+                     f"{', '.join(sorted(params))}); raw radar data (config.data.source='raw') "
+                     "needs the phase-1 encoder too: convert_torch_weights.py --lifter "
+                     "{mmBody,MetaFi}_mmDiff_phase1.pth, or evaluate on upstream's cache "
+                     "(config.data.source='cache')")
   if missing:
     raise ValueError(f"checkpoint {checkpoint_dir} has no {' or '.join(missing)} (it holds "
                      f"{', '.join(sorted(params))}); a lifter-only conversion can start training "
@@ -144,7 +165,9 @@ def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None) -
     sys.stdout.flush()
   result = {"checkpoint": str(checkpoint_dir), "checkpoint_step": int(step),
             "config": json.loads(config.to_json_best_effort())}
-  if datasets.layout(config) == "clips":
+  if datasets.layout(config) == "radar":
+    result["results"] = table.to_dict()
+  elif datasets.layout(config) == "clips":
     result["results"] = table.tables_by_mode()
     result["clip_evaluation"] = table.to_dict()
     if table.by_hypotheses:

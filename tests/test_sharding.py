@@ -24,6 +24,11 @@ PREDICT_CASES = {"upstream": {"sampling.hypotheses": 1, "sampling.eta": 0.0},
 FAMILIES = ("diffpose", "icassp")  # frame families: [B, 17, C] batches
 CLIP_FAMILIES = ("d3dp",)  # clip families: [B, F, 17, C] batches, multi-hypothesis samplers
 CLIPS = 8
+# Radar families: their own batch dict (past coarse poses, features, radar windows) and two
+# training stages (the phase-1 encoder, then the denoiser).
+RADAR_FAMILIES = ("mmdiff",)
+TRAIN_STEPS = ([(f, "denoiser") for f in FAMILIES + CLIP_FAMILIES + RADAR_FAMILIES]
+               + [(f, "encoder") for f in RADAR_FAMILIES])
 
 
 def _random_params(config, rng: np.random.Generator):
@@ -57,8 +62,22 @@ def _random_clip_batch(rng: np.random.Generator, num_frames: int) -> dict[str, n
           "target_3d": target - target[:, :, :1]}
 
 
-def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
-  """The subprocess's work: predictions, one denoiser train step and an evaluation, per family."""
+def _random_radar_batch(rng: np.random.Generator, config) -> dict[str, np.ndarray]:
+  """An mmDiff batch: phase-2 inputs, plus what the encoder stage reads (`radar`, `target_3d`)."""
+  m, d = config.model, config.data
+  target = rng.normal(scale=0.3, size=(BATCH, 17, 3)).astype(np.float32)
+  frames = len(d.radar_window_offsets)
+  radar = np.concatenate(
+      [rng.uniform(-1, 1, (BATCH, frames, d.points_per_frame, 3)),
+       rng.uniform(0, 2, (BATCH, frames, d.points_per_frame, d.radar_channels - 3))], axis=-1)
+  return {"x_history": rng.normal(scale=0.3, size=(BATCH, 17, 3 * (m.past_frames + 1))
+                                  ).astype(np.float32),
+          "features": rng.normal(size=(BATCH, 17, m.feature_size)).astype(np.float32),
+          "radar": radar.astype(np.float32), "target_3d": target - target[:, :1]}
+
+
+def compute_on_one_and_all_devices(out_path: str, data_root: str, radar_root: str) -> None:
+  """The subprocess's work: predictions, one train step per stage and an evaluation, per family."""
   import jax  # pylint: disable=g-import-not-at-top
   from posediff_jax import datasets  # pylint: disable=g-import-not-at-top
   from posediff_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -76,12 +95,24 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       out[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
 
-  for name in FAMILIES + CLIP_FAMILIES:
+  for name in FAMILIES + CLIP_FAMILIES + RADAR_FAMILIES:
     rng = np.random.default_rng(0)
-    config = tiny_run.tiny_family_config(name, data_root)
+    root = radar_root if name in RADAR_FAMILIES else data_root
+    config = tiny_run.tiny_family_config(name, root)
     params = _random_params(config, rng)
     family = families.get(config.family)
-    if name in CLIP_FAMILIES:
+    if name in RADAR_FAMILIES:
+      batch = _random_radar_batch(rng, config)
+      sharded_batch = jax.device_put(batch, by_batch)
+      for case, overrides in PREDICT_CASES.items():
+        # The whole phase-2 pipeline: hypotheses, every DDIM step, the radar neighbourhoods.
+        sample = jax.jit(functools.partial(
+            family.predict, tiny_run.tiny_family_config(name, root, overrides)))
+        key = jax.random.key(7)
+        save(f"{name}/predict/{case}/one", sample(params, batch, key))
+        save(f"{name}/predict/{case}/all",
+             sample(jax.device_put(params, replicated), sharded_batch, key))
+    elif name in CLIP_FAMILIES:
       batch = _random_clip_batch(rng, config.model.num_frames)
       sharded_batch = jax.device_put(batch, by_batch)
       # The whole sampler: every hypothesis, both flips, every step, with noise drawn from the key.
@@ -105,21 +136,26 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
 
     steps_per_epoch = 10
     optimizers = {stage: training.make_optimizer(config, stage, steps_per_epoch)
-                  for stage in family.STAGES}
+                  for stage in family.STAGES if stage in params}
     state = training.init_state(config, params, optimizers)
-    # The denoiser's step draws per-sample timesteps, noise and dropout masks across the batch.
-    step = training.make_train_step(config, "denoiser", optimizers["denoiser"],
-                                    family.LOSSES["denoiser"])
-    save(f"{name}/step/denoiser/one", jax.jit(step)(state, batch))
-    sharded_step = jax.jit(step, out_shardings=(replicated, replicated))
-    save(f"{name}/step/denoiser/all",
-         sharded_step(jax.device_put(state, replicated), sharded_batch))
+    # The denoiser's step draws per-sample timesteps, noise and dropout masks across the batch;
+    # mmDiff's encoder step samples and groups points per sample.
+    for family_name, stage in TRAIN_STEPS:
+      if family_name != name:
+        continue
+      step = training.make_train_step(config, stage, optimizers[stage], family.LOSSES[stage])
+      save(f"{name}/step/{stage}/one", jax.jit(step)(state, batch))
+      sharded_step = jax.jit(step, out_shardings=(replicated, replicated))
+      save(f"{name}/step/{stage}/all",
+           sharded_step(jax.device_put(state, replicated), sharded_batch))
 
     test = datasets.load_split(config, "test")
+    eval_batch = {**dict.fromkeys(CLIP_FAMILIES, 2), **dict.fromkeys(RADAR_FAMILIES, 16)}
     for layout, mesh_sizes in (("one", (1, NUM_DEVICES)), ("all", (NUM_DEVICES, 1))):
+      # mmDiff: phase 1 over the raw test frames, then phase 2, both split over the devices.
       eval_config = tiny_run.tiny_family_config(
-          name, data_root, {"mesh.data": mesh_sizes[0], "mesh.model": mesh_sizes[1],
-                            "eval.batch_size": 2 if name in CLIP_FAMILIES else 64})
+          name, root, {"mesh.data": mesh_sizes[0], "mesh.model": mesh_sizes[1],
+                       "eval.batch_size": eval_batch.get(name, 64)})
       # Clip families: 16 mini-batches = 2 calls of 8 (data 8) or 16 calls of 1 (data 1).
       table = evaluation.evaluate(eval_config, params, test,
                                   max_batches=16 if name in CLIP_FAMILIES else 3, progress=False)
@@ -131,8 +167,10 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str) -> None:
 def results(tmp_path_factory):
   out = tmp_path_factory.mktemp("sharding") / "results.npz"
   data = tiny_run.tiny_data(tmp_path_factory)
+  radar = tiny_run.tiny_radar_data(tmp_path_factory)
   code = ("from tests import test_sharding; "
-          f"test_sharding.compute_on_one_and_all_devices({str(out)!r}, {str(data)!r})")
+          f"test_sharding.compute_on_one_and_all_devices({str(out)!r}, {str(data)!r}, "
+          f"{str(radar)!r})")
   tiny_run.python(["-c", code], devices=NUM_DEVICES,
                   cache_dir=tiny_run.session_dir(tmp_path_factory, "xla_cache"))
   with np.load(out) as f:
@@ -173,17 +211,26 @@ def test_clip_sampler_with_sharded_batch_matches_one_device(results, family):
   np.testing.assert_allclose(every, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
 
 
-@pytest.mark.parametrize("family", FAMILIES + CLIP_FAMILIES)
+@pytest.mark.parametrize("family", RADAR_FAMILIES)
+@pytest.mark.parametrize("case", sorted(PREDICT_CASES))
+def test_radar_pipeline_with_sharded_batch_matches_one_device(results, family, case):
+  ((one, every),) = _pairs(results, f"{family}/predict/{case}").values()
+  assert one.shape == (BATCH, 17, 3) and np.all(np.isfinite(one))
+  np.testing.assert_allclose(every, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+
+
+@pytest.mark.parametrize("family", FAMILIES + CLIP_FAMILIES + RADAR_FAMILIES)
 def test_data_parallel_evaluation_matches_replicated_evaluation(results, family):
   one, every = results[f"{family}/eval/one"], results[f"{family}/eval/all"]
   assert np.all(np.isfinite(one)) and np.all(one > 0)
   np.testing.assert_allclose(every, one, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES + CLIP_FAMILIES)
-def test_denoiser_train_step_with_sharded_batch_matches_one_device(results, family):
-  stage = "denoiser"
-  lr = tiny_run.tiny_family_config(family, "unused").train.lr
+@pytest.mark.parametrize("family,stage", TRAIN_STEPS)
+def test_train_step_with_sharded_batch_matches_one_device(results, family, stage):
+  from posediff_jax import training  # pylint: disable=g-import-not-at-top
+
+  lr = float(training.learning_rate(tiny_run.tiny_family_config(family, "unused"), stage, 10)(0))
   pairs = _pairs(results, f"{family}/step/{stage}")
   groups = {"measurements": {}, "moments": {}, "weights": {}, "carried": {}}
   for name, pair in pairs.items():

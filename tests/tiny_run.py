@@ -66,23 +66,47 @@ def tiny_config(data_root, overrides: dict | None = None):
   return config
 
 
-# The tiny sizes of the other families, on top of their own Human3.6M configs.
+# The tiny sizes of the other families, on top of their own Human3.6M configs (mmDiff: mmBody's, on
+# the synthetic radar set of `tiny_radar_data`, both phases).
+FAMILY_CONFIGS = {"mmdiff": "mmdiff_mmbody"}
 FAMILY_OVERRIDES = {
     "icassp": {k: v for k, v in OVERRIDES.items() if k != "eval.batch_size"},
     "d3dp": {"model.num_frames": 9, "model.embed_dim": 16, "model.depth": 1,
              "model.num_heads": 2, "sampling.num_hypotheses": 2, "sampling.num_steps": 2,
              "train.batch_size": 8, "train.steps": 2, "train.log_every": 1,
              "train.checkpoint_every": 2, "eval.batch_size": 2},
+    "mmdiff": {"data.source": "raw", "data.points_per_frame": 64, "model.hid_dim": 16,
+               "model.num_layers": 1, "model.n_head": 2, "model.feature_size": 8,
+               "model.local_points": 16, "model.limb_hidden": 32, "phase1.dim": 32,
+               "phase1.depth": 1, "phase1.heads": 2, "phase1.dim_head": 8, "phase1.mlp_dim": 32,
+               "phase1.feature_size": 8, "phase1.num_samples": 8, "phase1.spatial_stride": 16,
+               "train.encoder_steps": 2, "train.encoder_batch_size": 8, "train.steps": 2,
+               "train.batch_size": 8, "train.log_every": 1, "train.checkpoint_every": 2,
+               "eval.batch_size": 16, "eval.encoder_batch_size": 16, "eval.cpu_chunk_size": 0},
 }
+# Frames per sequence of the tiny radar set: 4 training sequences, 7 test scenes of one sequence.
+RADAR_FRAMES_PER_SEQUENCE = 12
+
+
+def tiny_radar_data(tmp_path_factory) -> pathlib.Path:
+  """The session's tiny synthetic mmBody-layout radar set."""
+  from posediff_jax.data import synthetic_radar  # pylint: disable=g-import-not-at-top
+
+  root = session_dir(tmp_path_factory, "tiny_radar_data")
+  synthetic_radar.ensure_synthetic_radar(root, "mmbody",
+                                         frames_per_sequence=RADAR_FRAMES_PER_SEQUENCE)
+  return root
 
 
 def tiny_family_config(family: str, data_root, overrides: dict | None = None):
-  """`tiny_config` for DiffPose; for another family its configs/<family>_h36m.py made tiny."""
+  """`tiny_config` for DiffPose; for another family its config (`FAMILY_CONFIGS`, else
+  configs/<family>_h36m.py) made tiny."""
   if family == "diffpose":
     return tiny_config(data_root, overrides)
   import importlib  # pylint: disable=g-import-not-at-top
 
-  config = importlib.import_module(f"configs.{family}_h36m").get_config()
+  module = FAMILY_CONFIGS.get(family, f"{family}_h36m")
+  config = importlib.import_module(f"configs.{module}").get_config()
   config.data.root = str(data_root)
   for dotted, value in {**FAMILY_OVERRIDES[family], **(overrides or {})}.items():
     *sections, field = dotted.split(".")

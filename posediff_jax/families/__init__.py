@@ -7,7 +7,7 @@ picks one.
 
 import importlib
 
-FAMILIES = ("diffpose", "icassp", "d3dp")
+FAMILIES = ("diffpose", "icassp", "d3dp", "mmdiff")
 
 
 def get(name: str):

@@ -3,8 +3,10 @@
 Phase 1 (a point-cloud encoder, `models.mmdiff_phase1`, see `encode`) gives, per radar frame, a
 coarse 17-joint pose and per-joint features; upstream caches them. Phase 2 refines the current
 coarse pose with the denoiser of `models.mmdiff`, conditioned on those features, the radar points
-around each joint, the past coarse poses and the predicted limb lengths. Only phase 2 is trained
-here (`STAGES`).
+around each joint, the past coarse poses and the predicted limb lengths. Training runs the stages
+in order (`STAGES`): the encoder (HEAD `phase1_train`: MSE on the root-relative joints), then,
+with the encoder frozen, the denoiser on its outputs (`data.radar` and `radar_evaluation` run it
+over the splits). Reading upstream's phase-2 cache (`data.source='cache'`) needs no encoder.
 
 Evaluation (spec §3): the root-relative coarse pose is taken as the state at the largest sampler
 step (t = 24 of 51, no noise added) and deterministic DDIM runs 3 steps down to t = -1; the result
@@ -39,7 +41,7 @@ from posediff_jax.models import mmdiff as models
 from posediff_jax.models import mmdiff_phase1
 from posediff_jax.ops import points as point_ops
 
-STAGES = ("denoiser",)
+STAGES = ("encoder", "denoiser")
 
 # Row-chunked evaluation on CPU (cache-sized pieces), shared with the ICASSP family.
 chunk_rows = icassp.chunk_rows
@@ -79,7 +81,30 @@ def checkpoint_meta(config) -> dict:
   """What a checkpoint records about its model, checked against the config when it is loaded."""
   fields = ("hid_dim", "num_layers", "n_head", "feature_size", "past_frames", "radar_channels",
             "local_flag", "temp_flag", "limb_flag")
-  return {"family": "mmdiff", "model": {k: config.model[k] for k in fields}}
+  phase1 = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.phase1.items()}
+  return {"family": "mmdiff", "model": {k: config.model[k] for k in fields}, "phase1": phase1}
+
+
+def needs_encoder(config) -> bool:
+  """Whether phase 2's inputs come from the encoder (raw data) rather than upstream's cache."""
+  return config.data.get("source", "cache") == "raw"
+
+
+def eval_parts(config) -> tuple[str, ...]:
+  """The parts a checkpoint needs to be evaluated on `config.data`."""
+  return STAGES if needs_encoder(config) else ("denoiser",)
+
+
+def init_encoder(config, key) -> dict:
+  """Fresh phase-1 variables ({'params'[, 'batch_stats']}) with PyTorch's default initialisers."""
+  model = encoder_module(config)
+  frames = len(config.data.radar_window_offsets)
+  if isinstance(model, mmdiff_phase1.P4TransformerEncoder):
+    # The parameters do not depend on the number of points: two anchors' worth is enough.
+    radar = jnp.zeros((1, frames, 2 * model.spatial_stride, 3 + model.point_feature_channels))
+  else:
+    radar = jnp.zeros((1, 1, max(model.num_neighbours, 2), model.input_dim))
+  return dict(jax.jit(model.init)(key, radar))
 
 
 def convert(config, denoiser_path, phase1_path=None, *, ema: bool = False
@@ -88,18 +113,23 @@ def convert(config, denoiser_path, phase1_path=None, *, ema: bool = False
 
   Args:
     config: the experiment config (`config.model`, and `config.phase1` with a phase-1 file).
-    denoiser_path: `{mmBody,MetaFi}_mmDiff_phase2.pth` (HEAD dict) or a v1 `ckpt_*.pth` list.
+    denoiser_path: `{mmBody,MetaFi}_mmDiff_phase2.pth` (HEAD dict) or a v1 `ckpt_*.pth` list;
+      None converts the encoder alone (to train phase 2 on top of it).
     phase1_path: optional `{mmBody,MetaFi}_mmDiff_phase1.pth`, the encoder that makes phase 2's
-      inputs (see `encode`); the evaluation pipeline itself runs on cached phase-1 outputs.
+      inputs (see `encode`) from raw radar data; upstream's cache already holds its outputs.
     ema: take a v1 file's EMA weights (upstream evaluates the live ones).
 
   Raises:
     ConversionError: a file is not a checkpoint of the expected model (the message says what).
   """
-  state_dict = convert_mmdiff.load_state_dict(denoiser_path, ema=ema)
-  params, report = convert_mmdiff.convert_denoiser(state_dict, config.model,
-                                                   source=str(denoiser_path))
-  out, unused = {"denoiser": params}, {"denoiser": list(report.unused)}
+  out, unused = {}, {}
+  if denoiser_path:
+    state_dict = convert_mmdiff.load_state_dict(denoiser_path, ema=ema)
+    out["denoiser"], report = convert_mmdiff.convert_denoiser(state_dict, config.model,
+                                                              source=str(denoiser_path))
+    unused["denoiser"] = list(report.unused)
+  elif not phase1_path:
+    raise ValueError("mmDiff conversion needs the phase-2 file, the phase-1 file, or both")
   if phase1_path:
     encoder_sd = convert_mmdiff.load_state_dict(phase1_path)
     out["encoder"], report = convert_mmdiff.convert_phase1(
@@ -109,7 +139,8 @@ def convert(config, denoiser_path, phase1_path=None, *, ema: bool = False
 
 
 def init_params(config, key) -> dict:
-  """Fresh parameters {'denoiser': ...} (PyTorch's default initialisers)."""
+  """Fresh parameters {'denoiser': ...} and, on raw data, {'encoder': {'params', ...}} (PyTorch's
+  default initialisers)."""
   model = denoiser_module(config)
   radar = (jnp.zeros((1, 2, max(model.local_points, 64), model.radar_channels), jnp.float32)
            if model.uses_radar else None)
@@ -117,7 +148,10 @@ def init_params(config, key) -> dict:
       key, jnp.zeros((1, model.num_joints, model.state_channels), jnp.float32),
       jnp.zeros((1,), jnp.float32),
       jnp.zeros((1, model.num_joints, model.feature_size), jnp.float32), radar)
-  return {"denoiser": variables["params"]}
+  params = {"denoiser": variables["params"]}
+  if needs_encoder(config):
+    params["encoder"] = init_encoder(config, jax.random.fold_in(key, 1))
+  return params
 
 
 def betas(config) -> np.ndarray:
@@ -277,4 +311,22 @@ def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
   return loss_terms(config, denoiser_params, batch, t, noise, dropout_key=k_drop)["total"]
 
 
-LOSSES = {"denoiser": denoiser_loss}
+def encoder_loss(config, encoder_variables, batch, key):
+  """Phase 1's objective (HEAD `phase1_train`): MSE of the coarse pose to the root-relative joints.
+
+  The Point Transformer's batch norms use batch statistics, as torch's train mode: the loss then
+  comes with the updated running statistics, `(loss, {'batch_stats': ...})`, which the train step
+  writes back.
+  """
+  del key  # upstream's encoders have no dropout
+  model = encoder_module(config)
+  target = jnp.asarray(batch["target_3d"])
+  if "batch_stats" in encoder_variables:
+    (pose, _), updates = model.apply(encoder_variables, batch["radar"], train=True,
+                                     mutable=["batch_stats"])
+    return jnp.mean(jnp.square(pose - target)), {"batch_stats": updates["batch_stats"]}
+  pose, _ = model.apply(encoder_variables, batch["radar"])
+  return jnp.mean(jnp.square(pose - target))
+
+
+LOSSES = {"encoder": encoder_loss, "denoiser": denoiser_loss}

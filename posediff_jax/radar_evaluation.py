@@ -1,0 +1,259 @@
+"""mmDiff on radar data: phase 1 over a split, then phase 2; MPJPE and PA-MPJPE per scene.
+
+`encode_split` runs the phase-1 encoder over every frame of a split (raw data; upstream's cache
+already holds its outputs) and returns the split with the coarse poses and features. `evaluate`
+then runs the phase-2 pipeline (`families.mmdiff.predict`) over the frames in order and files each
+frame's errors under its scene: the refined pose's MPJPE and PA-MPJPE (spec §5: both poses
+re-centred on joint 0; per-frame similarity Procrustes), and the same for the coarse pose, so the
+gain of phase 2 is visible.
+
+Both passes are data parallel like the other evaluators: every process walks the same global
+batches and reads its own rows, the batch is split over the mesh's `data` axis, and the results
+come back to every process, which all fill the same table (only process 0 prints it).
+
+Averages (`eval.average`): 'scenes' is the unweighted mean over the scenes (v1's "Average" over the
+7 mmBody test scenes), 'frames' the mean over all frames (HEAD's single "Test" bucket).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from posediff_jax import families
+from posediff_jax import metrics
+from posediff_jax import sharding
+from posediff_jax import summary
+from posediff_jax.data import radar as radar_data
+
+AVERAGES = ("scenes", "frames")
+_COLUMNS = ("p1", "p2", "coarse_p1", "coarse_p2")
+
+
+def _check_average(config) -> str:
+  average = config.eval.get("average", "frames")
+  if average not in AVERAGES:
+    raise ValueError(f"config.eval.average must be one of {AVERAGES}, got {average!r}")
+  return average
+
+
+def make_encode_fn(config):
+  """A jitted `(encoder_variables, radar [B, T, P, C]) -> (coarse [B, 17, 3], features [B, 17,
+  F])`, the coarse pose root-relative, both replicated on every device."""
+  family = families.get(config.family)
+
+  def encode(variables, radar):
+    coarse, features = family.encode(config, variables, radar)
+    return coarse - coarse[:, :1], features
+
+  return jax.jit(encode, out_shardings=sharding.replicated(sharding.make_mesh(config.get("mesh"))))
+
+
+def encode_split(config, encoder_variables, split: radar_data.RadarSplit, *, progress: bool = True,
+                 encode_fn=None) -> radar_data.RadarSplit:
+  """Phase 1 over every frame of `split` (upstream `phase1_save`): the split with its outputs.
+
+  Args:
+    config: experiment config (`eval.encoder_batch_size` frames per call).
+    encoder_variables: the encoder's {'params'[, 'batch_stats']}.
+    split: the frames (its radar windows are read batch by batch).
+    progress: show a progress bar on stderr.
+    encode_fn: `make_encode_fn(config)`'s result, for callers that encode repeatedly.
+
+  Returns:
+    `split.with_phase1(coarse, features)`.
+  """
+  settings = radar_data.settings_from_config(config)
+  mesh = sharding.make_mesh(config.get("mesh"))
+  batch_size = int(config.eval.get("encoder_batch_size", config.eval.batch_size))
+  sharding.check_divisible(batch_size, mesh, "eval.encoder_batch_size")
+  by_batch, repl = sharding.by_batch(mesh), sharding.replicated(mesh)
+  variables = jax.device_put(encoder_variables, repl)
+  encode = encode_fn or make_encode_fn(config)
+  batches, num_batches = radar_data.eval_batches(
+      split, batch_size, stage="encoder", settings=settings, shard_index=jax.process_index(),
+      shard_count=jax.process_count())
+  coarse, features = [None] * num_batches, [None] * num_batches
+  bar = summary.ProgressBar(num_batches, "phase 1", enabled=progress)
+  for i, batch in enumerate(batches):
+    radar = sharding.global_batch({"radar": batch["arrays"]["radar"]}, by_batch)["radar"]
+    pose, feats = jax.device_get(encode(variables, radar))
+    coarse[i], features[i] = pose[batch["valid"]], feats[batch["valid"]]
+    bar.update(1)
+  bar.close()
+  return split.with_phase1(np.concatenate(coarse), np.concatenate(features))
+
+
+def phase2_split(config, params, split: radar_data.RadarSplit, *, progress: bool = True
+                 ) -> radar_data.RadarSplit:
+  """`split` ready for phase 2: as it is if it holds phase-1 outputs (upstream's cache), else
+  encoded with `params['encoder']` (a clear error when there is none)."""
+  if split.has_phase1:
+    return split
+  if "encoder" not in params:
+    raise ValueError(
+        f"{split.name} holds raw radar frames, so phase 2 needs the phase-1 encoder, but the "
+        f"parameters hold only {', '.join(sorted(params))}; convert the phase-1 file too "
+        "(convert_torch_weights.py --lifter {mmBody,MetaFi}_mmDiff_phase1.pth), train it "
+        "(train.encoder_epochs) or read upstream's cache (config.data.source='cache')")
+  return encode_split(config, params["encoder"], split, progress=progress)
+
+
+def prepare_stage(config, stage: str, params, train: radar_data.RadarSplit,
+                  test: radar_data.RadarSplit, *, progress: bool = True):
+  """The (train, test) splits a training stage reads: the encoder stage the raw frames, the
+  denoiser stage the frames with phase-1 outputs (computed with the frozen encoder if needed)."""
+  radar_data.check_stage(radar_data.settings_from_config(config), stage)
+  if stage == "encoder":
+    return train, test
+  return (phase2_split(config, params, train, progress=progress),
+          phase2_split(config, params, test, progress=progress))
+
+
+def make_predict_fn(config):
+  """A jitted `(params, batch, key) -> {'p1', 'p2', 'coarse_p1', 'coarse_p2'}`: per-frame errors
+  [B] in metres of the refined and of the coarse pose, replicated on every device."""
+  family = families.get(config.family)
+
+  def errors(params, batch, key):
+    pred = family.predict(config, params, batch, key)
+    target = batch["target_3d"] - batch["target_3d"][:, :1]
+    coarse = batch["x_history"][..., -3:]
+    coarse = coarse - coarse[:, :1]
+    return {"p1": metrics.mpjpe(pred, target), "p2": metrics.p_mpjpe(pred, target),
+            "coarse_p1": metrics.mpjpe(coarse, target),
+            "coarse_p2": metrics.p_mpjpe(coarse, target)}
+
+  return jax.jit(errors, out_shardings=sharding.replicated(sharding.make_mesh(config.get("mesh"))))
+
+
+@dataclasses.dataclass
+class RadarEvaluation:
+  """Per-scene errors of one evaluation (millimetres).
+
+  Attributes:
+    settings: dataset, source, sampler settings, for the printed header.
+    scene_names: the scenes, in table order.
+    counts: int `[S]` frames per scene.
+    sums: `{column: float64 [S]}` summed per-frame errors in metres for 'p1', 'p2' (refined pose)
+      and 'coarse_p1', 'coarse_p2' (phase 1).
+    average: 'scenes' or 'frames' (module docstring).
+  """
+  settings: dict[str, Any]
+  scene_names: tuple[str, ...]
+  counts: np.ndarray
+  sums: dict[str, np.ndarray]
+  average: str
+
+  def _scene_mm(self, column: str) -> np.ndarray:
+    return 1000 * self.sums[column] / np.maximum(self.counts, 1)
+
+  def _mean_mm(self, column: str, how: str) -> float:
+    seen = self.counts > 0
+    if not seen.any():
+      return float("nan")
+    if how == "scenes":
+      return float(np.mean(self._scene_mm(column)[seen]))
+    return float(1000 * self.sums[column].sum() / self.counts.sum())
+
+  def averages(self) -> tuple[float, float]:
+    """(MPJPE, PA-MPJPE) in mm of the refined pose, averaged as `average` says."""
+    return self._mean_mm("p1", self.average), self._mean_mm("p2", self.average)
+
+  def coarse_averages(self) -> tuple[float, float]:
+    """(MPJPE, PA-MPJPE) in mm of the phase-1 pose, averaged as `average` says."""
+    return self._mean_mm("coarse_p1", self.average), self._mean_mm("coarse_p2", self.average)
+
+  def format_table(self) -> str:
+    s = self.settings
+    lines = [f"== mmDiff on {s['dataset']} ({s['source']} data): {s['num_steps']} DDIM steps, "
+             f"{s['hypotheses']} hypothesis(es), eta {s['eta']} ==",
+             f"{'scene':<16}{'frames':>8}{'MPJPE':>9}{'PA-MPJPE':>10}"
+             f"{'phase-1 MPJPE':>15}{'phase-1 PA':>12}"]
+    rows = [(name, int(self.counts[i]), *(self._scene_mm(c)[i] for c in _COLUMNS))
+            for i, name in enumerate(self.scene_names) if self.counts[i] > 0]
+    rows.append(("mean of scenes", int(self.counts.sum()),
+                 *(self._mean_mm(c, "scenes") for c in _COLUMNS)))
+    rows.append(("all frames", int(self.counts.sum()),
+                 *(self._mean_mm(c, "frames") for c in _COLUMNS)))
+    for name, count, p1, p2, c1, c2 in rows:
+      lines.append(f"{name:<16}{count:>8}{p1:>9.2f}{p2:>10.2f}{c1:>15.2f}{c2:>12.2f}")
+    lines.append(f"Average ({'mean of scenes' if self.average == 'scenes' else 'all frames'}): "
+                 f"MPJPE {self.averages()[0]:.2f} mm, PA-MPJPE {self.averages()[1]:.2f} mm")
+    return "\n".join(lines)
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready: `actions` (per scene, the per-action table layout the plots read), `average`,
+    `mean_of_scenes`, `all_frames`, `phase1` (the coarse pose's errors) and the settings."""
+
+    def entry(p1, p2, count=None):
+      out = {"p1_mm": float(p1), "p2_mm": float(p2)}
+      return out if count is None else {**out, "count": int(count)}
+
+    seen = [i for i in range(len(self.scene_names)) if self.counts[i] > 0]
+    p1, p2, c1, c2 = (self._scene_mm(c) for c in _COLUMNS)
+    return {
+        "mode": self.average, "settings": self.settings,
+        "num_samples": int(self.counts.sum()),
+        "actions": {self.scene_names[i]: entry(p1[i], p2[i], self.counts[i]) for i in seen},
+        "average": entry(*self.averages()),
+        "mean_of_scenes": entry(self._mean_mm("p1", "scenes"), self._mean_mm("p2", "scenes")),
+        "all_frames": entry(self._mean_mm("p1", "frames"), self._mean_mm("p2", "frames")),
+        "phase1": {"actions": {self.scene_names[i]: entry(c1[i], c2[i], self.counts[i])
+                               for i in seen},
+                   "average": entry(*self.coarse_averages())},
+    }
+
+
+def evaluate(config, params, split: radar_data.RadarSplit, *, max_batches: int = 0,
+             progress: bool = True, predict_fn=None) -> RadarEvaluation:
+  """Runs phase 2 (after phase 1 if `split` is raw) over the split and fills the table.
+
+  Args:
+    config: experiment config.
+    params: {'denoiser': ...[, 'encoder': ...]}.
+    split: the test split from `datasets.load_split` (or `encode_split`'s result).
+    max_batches: > 0 stops after that many batches (quick checks during training).
+    progress: show progress bars on stderr.
+    predict_fn: `make_predict_fn(config)`'s result, for callers that evaluate repeatedly.
+
+  Returns:
+    The filled `RadarEvaluation`.
+  """
+  average = _check_average(config)
+  settings = radar_data.settings_from_config(config)
+  split = phase2_split(config, params, split, progress=progress)
+  mesh = sharding.make_mesh(config.get("mesh"))
+  batch_size = int(config.eval.batch_size)
+  sharding.check_divisible(batch_size, mesh, "eval.batch_size")
+  by_batch, repl = sharding.by_batch(mesh), sharding.replicated(mesh)
+  params = jax.device_put({"denoiser": params["denoiser"]}, repl)
+  predict = predict_fn or make_predict_fn(config)
+  batches, num_batches = radar_data.eval_batches(
+      split, batch_size, stage="denoiser", settings=settings, shard_index=jax.process_index(),
+      shard_count=jax.process_count())
+  if max_batches > 0:
+    num_batches = min(num_batches, max_batches)
+  scenes = len(split.scene_names)
+  counts = np.zeros(scenes, np.int64)
+  sums = {c: np.zeros(scenes, np.float64) for c in _COLUMNS}
+  key = jax.random.key(config.seed)
+  bar = summary.ProgressBar(num_batches, "evaluate", enabled=progress)
+  for i, batch in enumerate(batches):
+    if i >= num_batches:
+      break
+    inputs = sharding.global_batch(batch["arrays"], by_batch)
+    out = jax.device_get(predict(params, inputs, jax.random.fold_in(key, i)))
+    valid, scene = batch["valid"], batch["scene"]
+    np.add.at(counts, scene[valid], 1)
+    for column in _COLUMNS:
+      np.add.at(sums[column], scene[valid], np.asarray(out[column], np.float64)[valid])
+    bar.update(1)
+  bar.close()
+  s = config.sampling
+  summary_ = {"dataset": str(config.data.dataset), "source": settings.source,
+              "num_steps": len(families.get(config.family).sampler_timesteps(config)),
+              "hypotheses": int(s.hypotheses), "eta": float(s.eta),
+              "batch_size": batch_size}
+  return RadarEvaluation(summary_, split.scene_names, counts, sums, average)
