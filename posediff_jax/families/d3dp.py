@@ -7,7 +7,13 @@ test-time augmentation, both passes in one call), multiplies by scale, clamps, a
 the unclamped x. The x0 of every step is returned, [B, K, H, F, J, 3].
 Training: t ~ U{0..T-1} and ε ~ N(0, I) per clip; the network sees the clamped, rescaled x_t and
 the loss is the MPJPE of its x0 prediction (root included).
+
+Descendants (FinePOSE, DSGDiffu) reuse the sampler and the loss through their `*_with` forms,
+which take a `DenoiserApply` instead of params: how the network is called on the rows of one
+step, with whatever conditioning it needs already bound.
 """
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +29,12 @@ from posediff_jax.models import d3dp as models
 
 STAGES = ("denoiser",)
 VIDEO = True  # the family works on clips [B, F, J, C], not single frames
+
+# `(rows_2d [G, N, F, J, 2], rows_x [G, N, F, J, 3], rows_t [G, N], deterministic=True,
+# rngs=None) -> x0 [G, N, F, J, 3]`: the network on G groups of N rows. A group is one upstream
+# forward call (the plain and the mirrored pass of a flip-TTA step are two groups; training has
+# one); its rows are clip-major, (clip, hypothesis).
+DenoiserApply = Callable[..., jax.Array]
 
 _MIRROR_PAIRS = {
     "h36m": (skeleton.H36M_LEFT, skeleton.H36M_RIGHT),
@@ -118,10 +130,31 @@ def _check_clip(config, input_2d) -> None:
                      f"model.num_frames={frames} frames), got shape {input_2d.shape}")
 
 
-def _x0_scaled(config, denoiser_params, x, input_2d, t):
+def denoiser_apply(config, denoiser_params, dtype=None) -> DenoiserApply:
+  """D3DP's `DenoiserApply`: its rows are independent, so the G groups run as one batch.
+
+  Args:
+    config: the experiment config.
+    denoiser_params: the denoiser's params (the stage's tree).
+    dtype: compute dtype (None = float32).
+  """
+  model = denoiser_module(config, dtype=dtype)
+
+  def apply(rows_2d, rows_x, rows_t, deterministic=True, rngs=None):
+    groups, rows = rows_x.shape[:2]
+    merge = lambda a: a.reshape((groups * rows,) + a.shape[2:])
+    out = model.apply({"params": denoiser_params}, merge(rows_2d), merge(rows_x), merge(rows_t),
+                      deterministic=deterministic, rngs=rngs)
+    return out.reshape((groups, rows) + out.shape[1:])
+
+  return apply
+
+
+def _x0_scaled(config, apply_fn: DenoiserApply, x, input_2d, t):
   """The flip-averaged x0·scale, not yet clamped (upstream `model_predictions_fliping` body).
 
   Args:
+    apply_fn: the network (`DenoiserApply`).
     x: [B, H, F, J, 3] the diffusion state.
     input_2d: [B, F, J, 2].
     t: [B] timesteps.
@@ -131,21 +164,17 @@ def _x0_scaled(config, denoiser_params, x, input_2d, t):
   """
   batch, hyp = x.shape[:2]
   scale, bound = config.diffusion.scale, config.diffusion.clip * config.diffusion.scale
-  model = denoiser_module(config, dtype=config.eval.compute_dtype)
   rows_x = (jnp.clip(x, -bound, bound) / scale).reshape((batch * hyp,) + x.shape[2:])
   rows_2d = jnp.repeat(input_2d, hyp, axis=0)
   rows_t = jnp.repeat(jnp.asarray(t), hyp, axis=0)
   if not config.sampling.flip:
-    pred = model.apply({"params": denoiser_params}, rows_2d, rows_x, rows_t)
+    pred = apply_fn(rows_2d[None], rows_x[None], rows_t[None])[0]
   else:
     dataset = config.data.dataset
-    both = model.apply(
-        {"params": denoiser_params},
-        jnp.concatenate([rows_2d, flip_pose(rows_2d, dataset)]),
-        jnp.concatenate([rows_x, flip_pose(rows_x, dataset)]),
-        jnp.concatenate([rows_t, rows_t]))
-    plain, mirrored = jnp.split(both, 2)
-    pred = (plain + flip_pose(mirrored, dataset)) / 2
+    both = apply_fn(jnp.stack([rows_2d, flip_pose(rows_2d, dataset)]),
+                    jnp.stack([rows_x, flip_pose(rows_x, dataset)]),
+                    jnp.stack([rows_t, rows_t]))
+    pred = (both[0] + flip_pose(both[1], dataset)) / 2
   return pred.reshape(x.shape) * scale
 
 
@@ -169,9 +198,15 @@ def denoise_flip(config, params, x, input_2d, t):
   Returns:
     x_start [B, H, F, J, 3] clamped to ±clip·scale, and the noise derived from the unclamped x.
   """
+  apply_fn = denoiser_apply(config, _denoiser_params(params), config.eval.compute_dtype)
+  return denoise_flip_with(config, apply_fn, x, input_2d, t)
+
+
+def denoise_flip_with(config, apply_fn: DenoiserApply, x, input_2d, t):
+  """`denoise_flip` with the network given as a `DenoiserApply`."""
   _check_clip(config, input_2d)
   bound = config.diffusion.clip * config.diffusion.scale
-  x_start = jnp.clip(_x0_scaled(config, _denoiser_params(params), x, input_2d, t), -bound, bound)
+  x_start = jnp.clip(_x0_scaled(config, apply_fn, x, input_2d, t), -bound, bound)
   recip, recipm1 = _noise_coefficients(config)
   t = jnp.asarray(t)
   expand = (slice(None),) + (None,) * (x.ndim - 1)
@@ -187,6 +222,25 @@ def sample(config, params, input_2d, key=None, *, noise_init=None, noise_steps=N
     config: the experiment config (diffusion, sampling, eval.compute_dtype, data.dataset).
     params: {'denoiser': ...}.
     input_2d: [B, F, J, 2] normalised 2D keypoints of B clips.
+    key, noise_init, noise_steps, num_hypotheses, num_steps, return_details: see `sample_with`.
+
+  Returns:
+    See `sample_with`.
+  """
+  apply_fn = denoiser_apply(config, _denoiser_params(params), config.eval.compute_dtype)
+  return sample_with(config, apply_fn, input_2d, key, noise_init=noise_init,
+                     noise_steps=noise_steps, num_hypotheses=num_hypotheses,
+                     num_steps=num_steps, return_details=return_details)
+
+
+def sample_with(config, apply_fn: DenoiserApply, input_2d, key=None, *, noise_init=None,
+                noise_steps=None, num_hypotheses=None, num_steps=None, return_details=False):
+  """The evaluation sampler with the network given as a `DenoiserApply`.
+
+  Args:
+    config: the experiment config (diffusion, sampling, data.dataset).
+    apply_fn: the network, e.g. `denoiser_apply(config, params['denoiser'], dtype)`.
+    input_2d: [B, F, J, 2] normalised 2D keypoints of B clips.
     key: PRNG key for x_T and the eta noise (not needed when both are given).
     noise_init: [B, H, F, J, 3] x_T (replays a recorded run).
     noise_steps: [K-1, B, H, F, J, 3] the eta noise of every step but the last.
@@ -201,7 +255,6 @@ def sample(config, params, input_2d, key=None, *, noise_init=None, noise_steps=N
     K-1 is the final result. With return_details, (that, details).
   """
   _check_clip(config, input_2d)
-  den = _denoiser_params(params)
   hyp = config.sampling.num_hypotheses if num_hypotheses is None else num_hypotheses
   k = config.sampling.num_steps if num_steps is None else num_steps
   seq = timesteps(config, k)
@@ -229,7 +282,7 @@ def sample(config, params, input_2d, key=None, *, noise_init=None, noise_steps=N
     raise ValueError(f"D3DP sample: eta={eta} needs `key` or `noise_steps`")
 
   def denoise(x, t):
-    return _x0_scaled(config, den, x, input_2d, t)
+    return _x0_scaled(config, apply_fn, x, input_2d, t)
 
   table = alpha_bars_ext(config)
   _, xs, x0s = ddim.ddim_sample(
@@ -278,6 +331,13 @@ def denoiser_loss_with_noise(config, denoiser_params, batch, t, noise, determini
   Returns:
     (MPJPE of the x0 prediction, {'x_noisy': network 3D input, 'pred': x0 prediction}).
   """
+  apply_fn = denoiser_apply(config, denoiser_params, config.train.get("compute_dtype", "float32"))
+  return loss_with_noise_with(config, apply_fn, batch, t, noise, deterministic, key)
+
+
+def loss_with_noise_with(config, apply_fn: DenoiserApply, batch, t, noise, deterministic=True,
+                         key=None):
+  """`denoiser_loss_with_noise` with the network given as a `DenoiserApply` (one group)."""
   _check_batch(config, batch)
   target = batch["target_3d"]
   scale, bound = config.diffusion.scale, config.diffusion.clip * config.diffusion.scale
@@ -287,12 +347,11 @@ def denoiser_loss_with_noise(config, denoiser_params, batch, t, noise, determini
   sqrt_a = jnp.asarray(np.sqrt(a), jnp.float32)[t][expand]
   sqrt_one_minus_a = jnp.asarray(np.sqrt(1.0 - a), jnp.float32)[t][expand]
   x_noisy = jnp.clip(sqrt_a * (target * scale) + sqrt_one_minus_a * noise, -bound, bound) / scale
-  model = denoiser_module(config, dtype=config.train.get("compute_dtype", "float32"))
   rngs = None if deterministic else {"dropout": key}
   if not deterministic and key is None:
     raise ValueError("D3DP loss: deterministic=False (stochastic depth) needs `key`")
-  pred = model.apply({"params": denoiser_params}, batch["input_2d"], x_noisy, t,
-                     deterministic=deterministic, rngs=rngs)
+  pred = apply_fn(batch["input_2d"][None], x_noisy[None], t[None], deterministic=deterministic,
+                  rngs=rngs)[0]
   # Upstream quirk: the loss compares the raw prediction (not ×scale) with the unscaled target.
   squared = jnp.sum(jnp.square(pred - target.astype(jnp.float32)), axis=-1)
   # The epsilon keeps the gradient of the norm finite where the error is exactly 0.
@@ -306,13 +365,19 @@ def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
   With `config.train.upstream_loss_scaled_gradient` the value is still the MPJPE but its
   gradient is multiplied by it, as upstream's `loss.backward(gradient=loss)`.
   """
+  apply_fn = denoiser_apply(config, denoiser_params, config.train.get("compute_dtype", "float32"))
+  return loss_with(config, apply_fn, batch, key)
+
+
+def loss_with(config, apply_fn: DenoiserApply, batch, key) -> jax.Array:
+  """`denoiser_loss` with the network given as a `DenoiserApply`."""
   _check_batch(config, batch)
   k_t, k_noise, k_drop = jax.random.split(key, 3)
   target = batch["target_3d"]
   t = jax.random.randint(k_t, target.shape[:1], 0, config.diffusion.num_steps, dtype=jnp.int32)
   noise = jax.random.normal(k_noise, target.shape, jnp.float32)
-  loss, _ = denoiser_loss_with_noise(config, denoiser_params, batch, t, noise,
-                                     deterministic=False, key=k_drop)
+  loss, _ = loss_with_noise_with(config, apply_fn, batch, t, noise, deterministic=False,
+                                 key=k_drop)
   if config.train.get("upstream_loss_scaled_gradient", False):
     held = jax.lax.stop_gradient(loss)
     # Value: loss. Gradient: loss·∇loss (= ∇ of ½·loss²).
