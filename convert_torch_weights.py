@@ -51,6 +51,8 @@ _CHECKPOINT = flags.DEFINE_string(
 _LIFTER = flags.DEFINE_string(
     "lifter", None, "The lifter checkpoint (families with a separate lifter); for mmdiff the "
     "phase-1 radar encoder, {mmBody,MetaFi}_mmDiff_phase1.pth.")
+_CLIP = flags.DEFINE_string(
+    "clip", None, "FinePOSE/DSGDiffu: OpenAI's ViT-B-32.pt, for a checkpoint without clip_text.*")
 _OUTPUT = flags.DEFINE_string("output", None, "New directory for the orbax checkpoint.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _default_config(),
@@ -69,7 +71,8 @@ def main(argv):
   if config.family != _FAMILY.value:
     raise app.UsageError(f"--family {_FAMILY.value} but --config is for {config.family!r}")
   family = families.get(_FAMILY.value)
-  params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value)
+  extra = {"clip_path": _CLIP.value} if _CLIP.value else {}
+  params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value, **extra)
   meta = family.checkpoint_meta(config)
   meta["source"] = {"checkpoint": _CHECKPOINT.value, "lifter": _LIFTER.value}
   meta["unused_torch_keys"] = report

@@ -370,7 +370,15 @@ def train_and_evaluate(config, workdir) -> dict:
       ckpt.restore(step0, args=ocp.args.Composite(
           data=grain.checkpoint.CheckpointRestore(data_iter)))
 
-  steps = {name: jax.jit(make_train_step(config, name, optimizers[name], family.LOSSES[name]),
+  text_conditioned = getattr(family, "TEXT_CONDITIONED", False)
+  if text_conditioned:
+    # Prompt families: the (frozen) per-action text cache is bound into the loss, and each
+    # clip's cache row comes from the action of the video it was cut from.
+    losses = family.losses(state["params"]["text_cache"])
+    action_of_sequence = family.action_indices(config, [s.action for s in train_data])
+  else:
+    losses = family.LOSSES
+  steps = {name: jax.jit(make_train_step(config, name, optimizers[name], losses[name]),
                          out_shardings=(repl, repl), donate_argnums=0)
            for name, _ in plan}
 
@@ -420,7 +428,10 @@ def train_and_evaluate(config, workdir) -> dict:
       if staged and stage != current_stage:
         current_stage = stage
         data_iter, test_data = start_stage(stage)
-      batch = _global_batch(next(data_iter), data_sharding)
+      local = next(data_iter)
+      if text_conditioned:
+        local = {**local, "action_index": action_of_sequence[np.asarray(local["sequence"])]}
+      batch = _global_batch(local, data_sharding)
       state, measured = steps[stage](state, batch)
       step += 1
       bar.update(1)

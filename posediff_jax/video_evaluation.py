@@ -64,8 +64,12 @@ def make_predict_fn(config):
   pixels = config.data.get("dataset", "h36m") == "3dhp"
   curve = config.eval.get("hypotheses_curve", False)
 
+  text = {"action_index"} if getattr(family, "TEXT_CONDITIONED", False) else set()
+
   def one_minibatch(params, batch, key):
-    preds = family.sample(config, params, batch["input_2d"], key)  # [B, K, H, F, J, 3]
+    conditions = {k: batch[k] for k in text}  # prompt families: each clip's text cache row
+    preds = family.sample(config, params, batch["input_2d"], key, **conditions)
+    # preds: [B, K, H, F, J, 3]
     if pixels:
       # 3DHP compares in pixels: TS1-4 project linearly, TS5/6 with (zero) distortion terms.
       width, height = batch["image_size"][0], batch["image_size"][1]
@@ -187,7 +191,12 @@ def _stack(batches: list[dict[str, Any]], sequences, config) -> dict[str, np.nda
       intrinsic, linear = np.asarray(b["intrinsic"], np.float32), False
     extra = {"intrinsic": intrinsic, "image_size": np.asarray(b["image_size"], np.float32),
              "linear_projection": np.asarray(linear)}
-    for k in _ARRAY_KEYS:
+    family = families.get(config.family)
+    if getattr(family, "TEXT_CONDITIONED", False):
+      actions = [str(b["action"])] * len(b["clip_mask"])
+      extra["action_index"] = family.action_indices(config, actions)
+      out.setdefault("action_index", [])
+    for k in out:
       out[k].append(extra[k] if k in extra else np.asarray(b[k]))
   return {k: np.stack(v) for k, v in out.items()}
 

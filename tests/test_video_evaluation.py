@@ -85,8 +85,12 @@ def test_3dhp_predictions_are_stitched_per_sequence_and_scored_on_valid_frames(t
   assert result.averages()[0] == pytest.approx(result.sequences["J_Agg"].paper_mpjpe)
 
 
+_TEXT_TINY = {"model.text_width": 16, "model.text_layers": 1, "model.text_ff_dim": 32}
+
+
 @pytest.mark.slow
-def test_train_cli_trains_and_evaluates_a_tiny_d3dp(tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["d3dp", "finepose", "dsgdiffu"])
+def test_train_cli_trains_and_evaluates_a_tiny_clip_model(tmp_path, monkeypatch, family):
   import json  # pylint: disable=g-import-not-at-top
 
   from tests import tiny_run  # pylint: disable=g-import-not-at-top
@@ -95,11 +99,12 @@ def test_train_cli_trains_and_evaluates_a_tiny_d3dp(tmp_path, monkeypatch):
   synthetic.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
   overrides = {**tiny_run.FAMILY_OVERRIDES["d3dp"], "data.root": tmp_path / "data",
                "data.test_subjects": "('S9',)", "train.steps": 3, "train.eval_every": 2,
-               "train.eval_max_batches": 2}
-  proc = tiny_run.python(["train.py", "--config=configs/d3dp_h36m.py:gt",
-                          f"--workdir={tmp_path / 'run'}",
-                          *[f"--config.{k}={v}" for k, v in overrides.items()]],
-                         cache_dir=tmp_path / "cache")
+               "train.eval_max_batches": 2, "sampling.num_hypotheses": 2,
+               "sampling.num_steps": 2, **(_TEXT_TINY if family != "d3dp" else {})}
+  # Prompt families train on a batch of clips from mixed actions: each gets its own prompt row.
+  proc = tiny_run.python([
+      "train.py", f"--config=configs/{family}_h36m.py:gt", f"--workdir={tmp_path / 'run'}",
+      *[f"--config.{k}={v}" for k, v in overrides.items()]], cache_dir=tmp_path / "cache")
   assert "step 2: eval MPJPE" in proc.stdout and "== J_Agg (H=2, K=2" in proc.stdout
   result = json.loads((tmp_path / "run" / "eval_results.json").read_text())
   assert result["step"] == 3 and "J_Agg" in result["results"]["modes"]

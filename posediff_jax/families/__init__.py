@@ -7,11 +7,13 @@ picks one.
 
 import importlib
 
-FAMILIES = ("diffpose", "icassp", "d3dp", "mmdiff")
+FAMILIES = ("diffpose", "icassp", "d3dp", "finepose", "dsgdiffu", "mmdiff")
+# DSGDiffu is FinePOSE plus graph attention: one module serves both (it reads config.family).
+_MODULES = {"dsgdiffu": "finepose"}
 
 
 def get(name: str):
   """The family module for `config.family`."""
   if name not in FAMILIES:
     raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
-  return importlib.import_module(f"posediff_jax.families.{name}")
+  return importlib.import_module(f"posediff_jax.families.{_MODULES.get(name, name)}")
