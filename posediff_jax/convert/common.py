@@ -264,3 +264,15 @@ def map_state_dict(
       unused=tuple(unused_keys), num_tensors=len(filled),
       num_elements=int(sum(a.size for a in filled.values())))
   return _unflatten({p: filled[p] for p in leaves}), report
+
+
+def linear_rules(torch_name: str, flax_name: str) -> tuple[Rule, ...]:
+  """torch `nn.Linear` `<torch_name>.weight/.bias` -> flax `<flax_name>/kernel` (transposed)."""
+  return (Rule(re.escape(torch_name) + r"\.weight", flax_name + "/kernel", LINEAR_WEIGHT),
+          Rule(re.escape(torch_name) + r"\.bias", flax_name + "/bias"))
+
+
+def layer_norm_rules(torch_name: str, flax_name: str) -> tuple[Rule, ...]:
+  """torch `nn.LayerNorm` `.weight/.bias` -> flax `<flax_name>/scale`, `/bias`."""
+  return (Rule(re.escape(torch_name) + r"\.weight", flax_name + "/scale"),
+          Rule(re.escape(torch_name) + r"\.bias", flax_name + "/bias"))

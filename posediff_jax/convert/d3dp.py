@@ -47,31 +47,24 @@ _BLOCK_PARTS = (
 )
 
 
-def _linear(torch_name: str, flax_name: str) -> tuple[common.Rule, ...]:
-  return (common.Rule(re.escape(torch_name) + r"\.weight", flax_name + "/kernel",
-                      common.LINEAR_WEIGHT),
-          common.Rule(re.escape(torch_name) + r"\.bias", flax_name + "/bias"))
 
 
-def _layer_norm(torch_name: str, flax_name: str) -> tuple[common.Rule, ...]:
-  return (common.Rule(re.escape(torch_name) + r"\.weight", flax_name + "/scale"),
-          common.Rule(re.escape(torch_name) + r"\.bias", flax_name + "/bias"))
 
 
 RULES = (
-    *_linear("Spatial_patch_to_embedding", "joint_embed"),
+    *common.linear_rules("Spatial_patch_to_embedding", "joint_embed"),
     common.Rule(r"Spatial_pos_embed", "spatial_pos_embed"),
     common.Rule(r"Temporal_pos_embed", "temporal_pos_embed"),
-    *_linear("time_mlp.1", "time_mlp/fc1"),
-    *_linear("time_mlp.3", "time_mlp/fc2"),
+    *common.linear_rules("time_mlp.1", "time_mlp/fc1"),
+    *common.linear_rules("time_mlp.3", "time_mlp/fc2"),
     *(common.Rule(rf"STEblocks\.(\d+)\.{part}", "spatial_blocks_{0}/" + target, transform)
       for part, target, transform in _BLOCK_PARTS),
     *(common.Rule(rf"TTEblocks\.(\d+)\.{part}", "temporal_blocks_{0}/" + target, transform)
       for part, target, transform in _BLOCK_PARTS),
-    *_layer_norm("Spatial_norm", "spatial_norm"),
-    *_layer_norm("Temporal_norm", "temporal_norm"),
-    *_layer_norm("head.0", "head_norm"),
-    *_linear("head.1", "head_out"),
+    *common.layer_norm_rules("Spatial_norm", "spatial_norm"),
+    *common.layer_norm_rules("Temporal_norm", "temporal_norm"),
+    *common.layer_norm_rules("head.0", "head_norm"),
+    *common.linear_rules("head.1", "head_out"),
 )
 
 

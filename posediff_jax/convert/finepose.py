@@ -43,15 +43,8 @@ OPENAI_VIT_B32_URL = (
     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt")
 
 
-def _linear(torch_name: str, flax_name: str) -> tuple[common.Rule, ...]:
-  return (common.Rule(re.escape(torch_name) + r"\.weight", flax_name + "/kernel",
-                      common.LINEAR_WEIGHT),
-          common.Rule(re.escape(torch_name) + r"\.bias", flax_name + "/bias"))
 
 
-def _layer_norm(torch_name: str, flax_name: str) -> tuple[common.Rule, ...]:
-  return (common.Rule(re.escape(torch_name) + r"\.weight", flax_name + "/scale"),
-          common.Rule(re.escape(torch_name) + r"\.bias", flax_name + "/bias"))
 
 
 def _gat(torch_name: str, flax_name: str) -> tuple[common.Rule, ...]:
@@ -80,16 +73,16 @@ FINEPOSE_RULES = convert_d3dp.RULES + (
       for name in ("norm1", "norm2")),
     *(common.Rule(_TEXT_LAYER + rf"{name}\.bias", f"text_encoder_layers_{{0}}/{name}/bias")
       for name in ("norm1", "norm2")),
-    *_layer_norm("text_ln", "text_ln"),
-    *_linear("text_proj.0", "text_proj"),
-    *_layer_norm("temporal_cross_attn.norm", "temporal_cross_attn/norm"),
-    *_layer_norm("temporal_cross_attn.text_norm", "temporal_cross_attn/text_norm"),
+    *common.layer_norm_rules("text_ln", "text_ln"),
+    *common.linear_rules("text_proj.0", "text_proj"),
+    *common.layer_norm_rules("temporal_cross_attn.norm", "temporal_cross_attn/norm"),
+    *common.layer_norm_rules("temporal_cross_attn.text_norm", "temporal_cross_attn/text_norm"),
     *(rule for name in ("query", "key", "value")
-      for rule in _linear(f"temporal_cross_attn.{name}", f"temporal_cross_attn/{name}")),
-    *_linear("temporal_cross_attn.proj_out.emb_layers.1",
+      for rule in common.linear_rules(f"temporal_cross_attn.{name}", f"temporal_cross_attn/{name}")),
+    *common.linear_rules("temporal_cross_attn.proj_out.emb_layers.1",
              "temporal_cross_attn/proj_out/emb_layers_1"),
-    *_layer_norm("temporal_cross_attn.proj_out.norm", "temporal_cross_attn/proj_out/norm"),
-    *_linear("temporal_cross_attn.proj_out.out_layers.2",
+    *common.layer_norm_rules("temporal_cross_attn.proj_out.norm", "temporal_cross_attn/proj_out/norm"),
+    *common.linear_rules("temporal_cross_attn.proj_out.out_layers.2",
              "temporal_cross_attn/proj_out/out_layers_2"),
 )
 DSGDIFFU_RULES = FINEPOSE_RULES + (
