@@ -96,6 +96,9 @@ def get_config(arg=None):
   c.train.eval_at_start = False
   c.train.eval_max_batches = 0
   c.train.final_eval = True  # evaluate the whole test split when training ends
+  # A converted or trained checkpoint to start from ("" = fresh weights). FinePOSE/DSGDiffu take
+  # their text cache from it.
+  c.train.init_checkpoint = ""
   # Upstream validates every epoch with H=1, K=1 (flip on).
   c.train.eval_num_hypotheses = 1
   c.train.eval_num_steps = 1

@@ -317,6 +317,17 @@ def train_and_evaluate(config, workdir) -> dict:
                      "{mmBody,MetaFi}_mmDiff_phase1.pth) or train one with "
                      "--config.train.encoder_epochs=N (or encoder_steps)")
   params = family.init_params(config, jax.random.key(config.seed))
+  if config.train.get("init_checkpoint"):
+    # Start from a converted or trained checkpoint's parts (FinePOSE/DSGDiffu: also its text
+    # cache, which only a conversion with CLIP can make).
+    path = config.train.init_checkpoint
+    loaded, meta, _ = checkpoint.load_model(path)
+    evaluation.check_checkpoint_matches(config, meta, path)
+    for part, value in loaded.items():
+      if part not in params:
+        raise ValueError(f"init checkpoint {path} has a part {part!r} that {config.family} "
+                         f"does not use (it uses {sorted(params)})")
+      params[part] = jax.tree.map(jnp.asarray, value)
   if lifter is not None:
     params["lifter"] = jax.tree.map(jnp.asarray, lifter)
   if encoder is not None:

@@ -108,3 +108,31 @@ def test_train_cli_trains_and_evaluates_a_tiny_clip_model(tmp_path, monkeypatch,
   assert "step 2: eval MPJPE" in proc.stdout and "== J_Agg (H=2, K=2" in proc.stdout
   result = json.loads((tmp_path / "run" / "eval_results.json").read_text())
   assert result["step"] == 3 and "J_Agg" in result["results"]["modes"]
+
+
+@pytest.mark.slow
+def test_training_starts_from_a_checkpoints_text_cache(tmp_path, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from configs import finepose_h36m  # pylint: disable=g-import-not-at-top
+  from posediff_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from posediff_jax import families  # pylint: disable=g-import-not-at-top
+  from posediff_jax import training  # pylint: disable=g-import-not-at-top
+  from tests import tiny_run  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.undo()
+  synthetic.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
+  config = finepose_h36m.get_config("gt")
+  for dotted, value in {**tiny_run.FAMILY_OVERRIDES["d3dp"], **_TEXT_TINY,
+                        "data.root": str(tmp_path / "data"), "train.steps": 1,
+                        "train.final_eval": False}.items():
+    section, field = dotted.split(".")
+    config[section][field] = value
+  family = families.get("finepose")
+  source = family.init_params(config, jax.random.key(5))  # stands in for a converted checkpoint
+  checkpoint.save_model(tmp_path / "ckpt", source, family.checkpoint_meta(config))
+  config.train.init_checkpoint = str(tmp_path / "ckpt")
+  training.train_and_evaluate(config, tmp_path / "run")
+  trained, _, _ = checkpoint.load_model(tmp_path / "run")
+  np.testing.assert_array_equal(trained["text_cache"]["clip_features"],
+                                source["text_cache"]["clip_features"])
