@@ -68,6 +68,10 @@ def get_config(arg=None):
   # Reproduce upstream's aliased in-place root subtraction on CPU (zeroes the root only; spec §0.4).
   c.eval.upstream_root_aliasing = False
   c.eval.use_ema = False  # upstream evaluates the live weights, never the EMA
+  # "bfloat16" rounds the operands of the networks' dense matmuls to bfloat16 (~1.4-1.5x faster on
+  # CPUs with AVX512-BF16; MPJPE +0.05 mm on small trained models); parameters, sums, norms,
+  # attention and the sampler stay float32.
+  c.eval.compute_dtype = "float32"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 1024

@@ -7,12 +7,15 @@ import collections
 import math
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import diffpose_h36m
 from posediff_jax import skeleton
 from posediff_jax.convert import common
+from posediff_jax.families import diffpose as diffpose_family
 from posediff_jax.models import diffpose
 from posediff_jax.models import layers
 
@@ -311,6 +314,46 @@ def test_input_validation_names_shapes():
   lifter = diffpose.GCNLifter(**SMALL)
   with pytest.raises(ValueError, match=r"\[B, 17, 2\].*got \(2, 16, 2\)"):
     _template(lifter, jnp.zeros((2, 16, 2)))
+
+
+def test_one_shared_step_equals_the_same_step_per_row():
+  denoiser, params = _denoiser_and_params(seed=13)
+  x = jnp.asarray(_rng(13).normal(size=(3, 17, 5)), jnp.float32)
+  apply = jax.jit(lambda t: denoiser.apply({"params": params}, x, t))
+  np.testing.assert_allclose(apply(jnp.array([6.0])), apply(jnp.full((3,), 6.0)), rtol=1e-6,
+                             atol=1e-6)
+
+
+def test_bfloat16_compute_in_the_networks_and_the_family():
+  config = diffpose_h36m.get_config("cpn")
+  config.model.update(SMALL)
+  config.lifter.update(SMALL)
+  params = {"lifter": _random_tree(_template(diffpose_family.lifter_module(config),
+                                             jnp.zeros((1, 17, 2))), seed=14),
+            "denoiser": _denoiser_and_params(seed=15)[1]}
+  uv = jnp.asarray(_rng(16).uniform(-0.8, 0.8, (4, 17, 2)), jnp.float32)
+  reference = jax.jit(lambda p: diffpose_family.predict(config, p, uv, chunk_size=0))(params)
+  config.eval.compute_dtype = "bfloat16"
+  predict = lambda p: diffpose_family.predict(config, p, uv, chunk_size=0)
+  pred = jax.jit(predict)(params)
+  assert pred.dtype == jnp.float32
+  # bfloat16 keeps 8 bits of mantissa: a few parts in a thousand through the networks.
+  scale = np.abs(np.asarray(reference)).max()
+  assert 0 < np.abs(np.asarray(pred) - np.asarray(reference)).max() < 3e-2 * scale
+  dots = {(tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype))
+          for eqn in _all_eqns(jax.make_jaxpr(predict)(params).jaxpr)
+          if eqn.primitive.name == "dot_general"}
+  # Every dense product takes bfloat16 operands and accumulates in float32; the attention's
+  # per-head products stay float32.
+  assert dots == {(("bfloat16", "bfloat16"), "float32"), (("float32", "float32"), "float32")}
+
+
+def _all_eqns(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs nested in it (scan and map bodies)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      yield from _all_eqns(sub)
 
 
 def test_models_from_config():

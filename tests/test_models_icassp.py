@@ -7,6 +7,7 @@ pipeline against separate sampler runs; the data options against brute force on 
 import os
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -316,6 +317,75 @@ def test_denoiser_loss_mirrors_the_batch_with_the_flip_probability(family_params
   config.train.noise_scale = (0.1, 0.1, 1.0)
   with pytest.raises(ValueError, match=r"noise_scale must have 5 entries"):
     icassp.denoiser_loss(config, family_params["denoiser"], batch, key)
+
+
+def test_guide_context_and_one_shared_step_equal_the_plain_call():
+  """What the evaluation reuses across sampler steps gives the same noise as the plain call."""
+  model, params = _denoiser_and_params(seed=14)
+  x, guide = _inputs(3, seed=15)
+  variables = {"params": params}
+  plain = jax.jit(lambda: model.apply(variables, x, guide, jnp.full((3,), 6.0)))()
+  reused = jax.jit(lambda: model.apply(
+      variables, x, guide, jnp.array([6.0]),
+      context=model.apply(variables, guide, method="guide_context")))()
+  assert_close(reused, plain, rtol=1e-6, what="reused context and shared step")
+  with pytest.raises(ValueError, match=r"t of shape \[B\] = \(3,\).*\[1\], shared\), got \(2,\)"):
+    model.apply(variables, x, guide, jnp.zeros((2,)))
+
+
+@pytest.fixture(name="pieces", scope="module")
+def _pieces(family_params):
+  """The CPU fast path in float32: (config, inputs, prediction), pieces of 2 frames x 2 passes."""
+  config = _config(cpu_chunk_size=4)
+  uv = _inputs(5, seed=16)[1]  # 3 pieces, the last one padded
+  return config, uv, jax.jit(lambda p: icassp.predict(config, p, uv))(family_params)
+
+
+def test_pieces_of_the_whole_pipeline_equal_the_step_by_step_path(family_params, pieces):
+  """The fast path (lifter apart, then lax.map over padded pieces of frames) is the same pipeline
+  as the one that records trajectories (each network call in chunks)."""
+  config, uv, fast = pieces
+  traced, _ = jax.jit(lambda p: icassp.predict(config, p, uv, return_trajectory=True))(
+      family_params)
+  assert_close(fast, traced, rtol=1e-6, what="pieces vs step by step")
+
+
+def _dot_and_exp_dtypes(fn, *args):
+  """The (operand dtypes, result dtype) of every dot and the dtype of every exp in fn's jaxpr."""
+  dots, exps = set(), set()
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        dots.add((tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype)))
+      elif eqn.primitive.name == "exp":
+        exps.add(str(eqn.outvars[0].aval.dtype))
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        visit(sub)
+
+  visit(jax.make_jaxpr(fn)(*args).jaxpr)
+  return dots, exps
+
+
+def test_bfloat16_compute_rounds_only_matmul_operands(family_params, pieces):
+  config, uv, reference = pieces
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.compute_dtype = "bfloat16"
+  predict = lambda p: icassp.predict(config, p, uv)
+  pred = jax.jit(predict)(family_params)
+  assert pred.dtype == jnp.float32
+  # bfloat16 keeps 8 bits of mantissa: a few parts in a thousand through the networks.
+  assert_close(pred, reference, rtol=3e-2, what="bfloat16 vs float32")
+  assert np.abs(np.asarray(pred) - np.asarray(reference)).max() > 0  # it did change the compute
+  dots, exps = _dot_and_exp_dtypes(predict, family_params)
+  # Every dense product takes bfloat16 operands and accumulates in float32; the attention's
+  # per-head products and softmax stay float32.
+  assert dots == {(("bfloat16", "bfloat16"), "float32"), (("float32", "float32"), "float32")}
+  assert exps == {"float32"}
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(family_params))
+  config.eval.compute_dtype = "float16"
+  with pytest.raises(ValueError, match=r"eval.compute_dtype must be one of .*'float16'"):
+    icassp.predict(config, family_params, uv)
 
 
 def test_config_variants():

@@ -41,6 +41,8 @@ class GCNLifter(nn.Module):
     edges: skeleton edges.
     in_dim: input channels (2 for uv).
     out_dim: output channels (3 for xyz).
+    dtype: compute dtype of the matmuls (None: the inputs' dtype; "bfloat16" rounds only the
+      matmul operands, see `layers.matmul`). Parameters are float32 either way.
   """
 
   hid_dim: int = 96
@@ -51,16 +53,17 @@ class GCNLifter(nn.Module):
   edges: layers.Edges = H36M_EDGES
   in_dim: int = 2
   out_dim: int = 3
+  dtype: layers.Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """Lifts normalised 2D keypoints [B, J, 2] to camera-frame 3D [B, J, 3], not root-relative."""
     _check_poses("GCNLifter", x, self.num_joints, self.in_dim, "normalised 2D keypoints")
-    graph = dict(num_nodes=self.num_joints, edges=self.edges)
+    graph = dict(num_nodes=self.num_joints, edges=self.edges, dtype=self.dtype)
     out = layers.ChebConv(self.hid_dim, **graph, name="gconv_input")(x)
     self.sow("intermediates", "after_gconv_input", out)
     for i in range(self.num_layers):
-      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout,
+      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, dtype=self.dtype,
                                  name=f"atten_layers_{i}")(out, deterministic=deterministic)
       self.sow("intermediates", f"after_atten_{i}", out)
       out = layers.ResChebBlock(**graph, name=f"gconv_layers_{i}")(
@@ -83,6 +86,7 @@ class GCNDenoiser(nn.Module):
     num_joints: graph nodes.
     edges: skeleton edges.
     coords_dim: channels of the state and of the predicted noise.
+    dtype: compute dtype of the matmuls, as for `GCNLifter`.
   """
 
   hid_dim: int = 96
@@ -92,6 +96,7 @@ class GCNDenoiser(nn.Module):
   num_joints: int = 17
   edges: layers.Edges = H36M_EDGES
   coords_dim: int = 5
+  dtype: layers.Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -99,7 +104,8 @@ class GCNDenoiser(nn.Module):
 
     Args:
       x: [B, J, 5] noisy state (u, v, x, y, z).
-      t: [B] diffusion steps (float or int).
+      t: [B] diffusion steps (float or int), or [1]: one step shared by every row, whose time
+        embedding is then computed once.
       deterministic: disables dropout when True; otherwise the 'dropout' rng is needed.
 
     Returns:
@@ -107,20 +113,20 @@ class GCNDenoiser(nn.Module):
     """
     _check_poses("GCNDenoiser", x, self.num_joints, self.coords_dim, "per-joint u, v, x, y, z")
     t = jnp.asarray(t)
-    if t.shape != (x.shape[0],):
+    if t.shape not in ((x.shape[0],), (1,)):
       raise ValueError(f"GCNDenoiser: expected t of shape [B] = ({x.shape[0]},) matching x "
-                       f"{x.shape}, got {t.shape}")
-    graph = dict(num_nodes=self.num_joints, edges=self.edges)
+                       f"{x.shape} (or [1], shared), got {t.shape}")
+    graph = dict(num_nodes=self.num_joints, edges=self.edges, dtype=self.dtype)
 
     sinusoid = layers.timestep_embedding(t, self.hid_dim)
     self.sow("intermediates", "timestep_embedding_sin", sinusoid)
     # Upstream quirk (spec §0.6): the time embedding is 4 * hid_dim wide; config emd_dim is ignored.
-    temb = layers.TimeEmbedding(4 * self.hid_dim, name="temb")(sinusoid)
+    temb = layers.TimeEmbedding(4 * self.hid_dim, self.dtype, name="temb")(sinusoid)
 
     out = layers.ChebConv(self.hid_dim, **graph, name="gconv_input")(x)
     self.sow("intermediates", "after_gconv_input", out)
     for i in range(self.num_layers):
-      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout,
+      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, dtype=self.dtype,
                                  name=f"atten_layers_{i}")(out, deterministic=deterministic)
       self.sow("intermediates", f"after_atten_{i}", out)
       out = layers.ResChebTimeBlock(**graph, name=f"gconv_layers_{i}")(
@@ -137,15 +143,15 @@ def _config_value(cfg, name: str):
                      f"dropout); got {cfg!r}") from None
 
 
-def lifter_from_config(cfg) -> GCNLifter:
+def lifter_from_config(cfg, dtype: layers.Dtype = None) -> GCNLifter:
   """A `GCNLifter` from a config with `hid_dim`, `num_layers`, `n_head`, `dropout`."""
   return GCNLifter(hid_dim=int(_config_value(cfg, "hid_dim")),
                    num_layers=int(_config_value(cfg, "num_layers")),
                    n_head=int(_config_value(cfg, "n_head")),
-                   dropout=float(_config_value(cfg, "dropout")))
+                   dropout=float(_config_value(cfg, "dropout")), dtype=dtype)
 
 
-def denoiser_from_config(cfg) -> GCNDenoiser:
+def denoiser_from_config(cfg, dtype: layers.Dtype = None) -> GCNDenoiser:
   """A `GCNDenoiser` from a config with `hid_dim`, `num_layers`, `n_head`, `dropout` (and optionally
   `coords_dim`, default 5)."""
   coords_dim = (cfg.get("coords_dim", 5) if isinstance(cfg, Mapping)
@@ -154,4 +160,4 @@ def denoiser_from_config(cfg) -> GCNDenoiser:
                      num_layers=int(_config_value(cfg, "num_layers")),
                      n_head=int(_config_value(cfg, "n_head")),
                      dropout=float(_config_value(cfg, "dropout")),
-                     coords_dim=int(coords_dim))
+                     coords_dim=int(coords_dim), dtype=dtype)

@@ -41,6 +41,10 @@ def cross_channel_edges(edges: layers.Edges = skeleton.H36M_EDGES,
 class CrossChannelDenoiser(nn.Module):
   """The ICASSP'24 noise predictor (spec §B.1): a 34-node main branch guided by a 2D branch.
 
+  The context branch's first stages (its input convolution, `fc3` and its first attention layer)
+  see only the guide; `guide_context` computes them once so that a sampler can reuse them at
+  every step (`__call__(..., context=...)`).
+
   Attributes:
     hid_dim: hidden width h; the time embedding is 4h wide.
     num_layers: number of (attention layer, residual ChebGC block) pairs per branch (>= 1).
@@ -48,6 +52,8 @@ class CrossChannelDenoiser(nn.Module):
     dropout: sublayer dropout of the attention layers (ChebGC and attention-prob dropout are 0.1).
     num_joints: skeleton joints J; the main graph has 2J nodes.
     edges: skeleton edges.
+    dtype: compute dtype of the matmuls (None: the inputs' dtype; "bfloat16" rounds only the
+      matmul operands, see `layers.matmul`). Parameters are float32 either way.
   """
 
   hid_dim: int = 96
@@ -56,16 +62,69 @@ class CrossChannelDenoiser(nn.Module):
   dropout: float = 0.25
   num_joints: int = NUM_JOINTS
   edges: layers.Edges = skeleton.H36M_EDGES
+  dtype: layers.Dtype = None
 
-  @nn.compact
+  def setup(self):
+    if self.num_layers < 1:
+      raise ValueError(f"CrossChannelDenoiser: num_layers must be >= 1, got {self.num_layers}")
+    joints, dtype = self.num_joints, self.dtype
+    main = dict(num_nodes=2 * joints, edges=cross_channel_edges(self.edges, joints), dtype=dtype)
+    attention = dict(num_nodes=2 * joints, num_heads=self.n_head, dropout_rate=self.dropout,
+                     dtype=dtype)
+    # Upstream quirk (spec §0.6): the time embedding is 4 * hid_dim wide; config emd_dim is ignored.
+    self.temb = layers.TimeEmbedding(4 * self.hid_dim, dtype)
+    self.fc1 = layers.Linear(3, dtype)
+    self.fc2 = layers.Linear(5, dtype)
+    self.fc3 = layers.Linear(2 * joints, dtype)
+    self.gconv_input_t = layers.ChebConv(self.hid_dim, joints, self.edges, dtype=dtype)
+    self.gconv_input = layers.ChebConv(self.hid_dim, **main)
+    self.atten_layers = [layers.GraAttenLayer(**attention) for _ in range(self.num_layers)]
+    self.atten_layers_t = [layers.GraAttenLayer(**attention) for _ in range(self.num_layers)]
+    self.gconv_layers = [layers.ResChebTimeBlock(**main) for _ in range(self.num_layers)]
+    # After the last layer the context branch feeds nothing: its last residual block never runs.
+    self.gconv_layers_t = [layers.ResChebTimeBlock(**main) for _ in range(self.num_layers - 1)]
+    self.gconv_output = layers.ChebConv(3, **main)
+
+  def _check_guide(self, guide: jax.Array, rows: int | None = None) -> None:
+    joints = self.num_joints
+    if guide.ndim != 3 or guide.shape[1:] != (joints, 2) or (
+        rows is not None and guide.shape[0] != rows):
+      expected = f"[B, {joints}, 2]" + ("" if rows is None else f" = {(rows, joints, 2)}")
+      raise ValueError(f"CrossChannelDenoiser: expected guide of shape {expected} (the 2D "
+                       f"condition), got {guide.shape}")
+
+  def guide_context(self, guide: jax.Array, *,
+                    deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """The context branch's guide-only stages, shared by every sampler step.
+
+    Args:
+      guide: [B, J, 2] the clean normalised 2D pose.
+      deterministic: disables dropout when True.
+
+    Returns:
+      (the context merged into the main branch's input, the context after its first attention
+      layer), both [B, 2J, h].
+    """
+    self._check_guide(guide)
+    ctx = self.gconv_input_t(guide)
+    self.sow("intermediates", "out_gconv_input_t", ctx)
+    # fc3 maps the J joints onto the 2J nodes, per channel: it acts on the joint axis.
+    ctx = self.fc3(jnp.swapaxes(ctx, -1, -2))
+    self.sow("intermediates", "out_fc3", ctx)
+    ctx = jnp.swapaxes(ctx, -1, -2)  # [B, 2J, h]
+    return ctx, self.atten_layers_t[0](ctx, deterministic=deterministic)
+
   def __call__(self, x: jax.Array, guide: jax.Array, t: jax.Array, *,
+               context: tuple[jax.Array, jax.Array] | None = None,
                deterministic: bool = True) -> jax.Array:
     """Predicts the noise of the state.
 
     Args:
       x: [B, J, 5] noisy state (u, v, x, y, z).
       guide: [B, J, 2] the clean normalised 2D pose the state is conditioned on.
-      t: [B] diffusion steps (float or int).
+      t: [B] diffusion steps (float or int), or [1]: one step shared by every row, whose time
+        embedding is then computed once.
+      context: `guide_context(guide)` when already computed (the guide is then not read again).
       deterministic: disables dropout when True; otherwise the 'dropout' rng is needed.
 
     Returns:
@@ -75,69 +134,53 @@ class CrossChannelDenoiser(nn.Module):
     if x.ndim != 3 or x.shape[1:] != (joints, 5):
       raise ValueError(f"CrossChannelDenoiser: expected x of shape [B, {joints}, 5] (per-joint u, "
                        f"v, x, y, z), got {x.shape}")
-    if guide.shape != x.shape[:2] + (2,):
-      raise ValueError(f"CrossChannelDenoiser: expected guide of shape [B, {joints}, 2] = "
-                       f"{x.shape[:2] + (2,)} (the 2D condition), got {guide.shape}")
+    self._check_guide(guide, x.shape[0])
     t = jnp.asarray(t)
-    if t.shape != (x.shape[0],):
+    if t.shape not in ((x.shape[0],), (1,)):
       raise ValueError(f"CrossChannelDenoiser: expected t of shape [B] = ({x.shape[0]},) matching "
-                       f"x {x.shape}, got {t.shape}")
-    if self.num_layers < 1:
-      raise ValueError(f"CrossChannelDenoiser: num_layers must be >= 1, got {self.num_layers}")
-    main = dict(num_nodes=2 * joints, edges=cross_channel_edges(self.edges, joints))
-    context = dict(num_nodes=joints, edges=self.edges)
-    attention = dict(num_nodes=2 * joints, num_heads=self.n_head, dropout_rate=self.dropout)
+                       f"x {x.shape} (or [1], shared), got {t.shape}")
 
     sinusoid = layers.timestep_embedding(t, self.hid_dim)
     self.sow("intermediates", "timestep_embedding_sin", sinusoid)
-    # Upstream quirk (spec §0.6): the time embedding is 4 * hid_dim wide; config emd_dim is ignored.
-    temb = layers.TimeEmbedding(4 * self.hid_dim, name="temb")(sinusoid)
+    temb = self.temb(sinusoid)
 
-    uv_lifted = layers.Linear(3, name="fc1")(x[..., :2])
+    uv_lifted = self.fc1(x[..., :2])
     self.sow("intermediates", "out_fc1", uv_lifted)
     nodes = jnp.concatenate([uv_lifted, x[..., 2:]], axis=-2)  # [B, 2J, 3]
+    ctx_input, ctx = context if context is not None else self.guide_context(
+        guide, deterministic=deterministic)
 
-    ctx = layers.ChebConv(self.hid_dim, **context, name="gconv_input_t")(guide)
-    self.sow("intermediates", "out_gconv_input_t", ctx)
-    # fc3 maps the J joints onto the 2J nodes, per channel: it acts on the joint axis.
-    ctx = layers.Linear(2 * joints, name="fc3")(jnp.swapaxes(ctx, -1, -2))
-    self.sow("intermediates", "out_fc3", ctx)
-    ctx = jnp.swapaxes(ctx, -1, -2)  # [B, 2J, h]
-
-    out = layers.ChebConv(self.hid_dim, **main, name="gconv_input")(nodes)
+    out = self.gconv_input(nodes)
     self.sow("intermediates", "out_gconv_input", out)
-    out = out + ctx
+    out = out + ctx_input
     for i in range(self.num_layers):
-      out = layers.GraAttenLayer(**attention, name=f"atten_layers_{i}")(
-          out, deterministic=deterministic)
-      ctx = layers.GraAttenLayer(**attention, name=f"atten_layers_t_{i}")(
-          ctx, deterministic=deterministic)
+      out = self.atten_layers[i](out, deterministic=deterministic)
+      if i > 0:  # layer 0's context attention is part of `guide_context`
+        ctx = self.atten_layers_t[i](ctx, deterministic=deterministic)
       self.sow("intermediates", f"out_atten_{i}", out)
       self.sow("intermediates", f"out_atten_t_{i}", ctx)
       out = out + ctx
       if i < self.num_layers - 1:  # after the last layer the context branch feeds nothing
         # Upstream merges in place, `out += guide; guide += out`: the context adds the merged sum.
         ctx = ctx + out
-      out = layers.ResChebTimeBlock(**main, name=f"gconv_layers_{i}")(
-          out, temb, deterministic=deterministic)
+      out = self.gconv_layers[i](out, temb, deterministic=deterministic)
       self.sow("intermediates", f"out_gconv_{i}", out)
       if i < self.num_layers - 1:
-        ctx = layers.ResChebTimeBlock(**main, name=f"gconv_layers_t_{i}")(
-            ctx, temb, deterministic=deterministic)
+        ctx = self.gconv_layers_t[i](ctx, temb, deterministic=deterministic)
         self.sow("intermediates", f"out_gconv_t_{i}", ctx)
-    out = layers.ChebConv(3, **main, name="gconv_output")(out)
+    out = self.gconv_output(out)
     self.sow("intermediates", "out_gconv_output", out)
     # Readout: each joint's 2D node and 3D node side by side, [B, J, 6] -> [B, J, 5].
     paired = jnp.concatenate([out[..., :joints, :], out[..., joints:, :]], axis=-1)
-    eps = layers.Linear(5, name="fc2")(paired)
+    eps = self.fc2(paired)
     self.sow("intermediates", "out_fc2", eps)
     return eps
 
 
-def denoiser_from_config(cfg) -> CrossChannelDenoiser:
+def denoiser_from_config(cfg, dtype: layers.Dtype = None) -> CrossChannelDenoiser:
   """A `CrossChannelDenoiser` from a config with `hid_dim`, `num_layers`, `n_head`, `dropout`."""
   value = diffpose_models._config_value  # pylint: disable=protected-access
   return CrossChannelDenoiser(hid_dim=int(value(cfg, "hid_dim")),
                               num_layers=int(value(cfg, "num_layers")),
                               n_head=int(value(cfg, "n_head")),
-                              dropout=float(value(cfg, "dropout")))
+                              dropout=float(value(cfg, "dropout")), dtype=dtype)

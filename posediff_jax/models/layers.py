@@ -12,11 +12,15 @@ Graphs are static, hashable module attributes (`num_nodes` and an `edges` tuple)
 Chebyshev basis is built with numpy while tracing and enters the computation as a constant, so it is
 never a parameter and the modules stay pure and jit-friendly.
 
+Every module takes an optional compute dtype `dtype` for its matmuls (see `matmul`): None computes
+in the inputs' dtype; bfloat16 rounds only the matmul operands and accumulates in float32, so the
+activations, norms and softmax stay float32. Parameters are float32 either way.
+
 Notation: B = batch, N = nodes, C = channels, h = hidden width.
 """
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Edges = tuple[tuple[int, int], ...]
+Dtype = Any
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,7 +144,19 @@ def _keep_apart(x: jax.Array) -> jax.Array:
   return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=23)
 
 
-def node_mix(matrix, x: jax.Array) -> jax.Array:
+def matmul(x: jax.Array, y: jax.Array, dtype: Dtype = None) -> jax.Array:
+  """`x @ y`, with both operands cast to the compute dtype `dtype` when one is given.
+
+  A compute dtype narrower than float32 (bfloat16) rounds only the operands: the product
+  accumulates and comes back in float32, so sums, norms and softmax downstream stay float32. With
+  `dtype` None the product is computed in the operands' own (promoted) dtype.
+  """
+  if dtype is None:
+    return x @ y
+  return jnp.matmul(x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def node_mix(matrix, x: jax.Array, dtype: Dtype = None) -> jax.Array:
   """Mixes the node axis of every sample: `matrix @ x[b]` for x [..., M, C] and matrix [N, M].
 
   One batched product over the flattened leading axes with the matrix broadcast to each sample:
@@ -148,16 +165,20 @@ def node_mix(matrix, x: jax.Array) -> jax.Array:
   Args:
     matrix: [N, M] numpy constant or array.
     x: [..., M, C].
+    dtype: compute dtype of the product (see `matmul`); None keeps x's dtype.
 
   Returns:
     [..., N, C].
   """
-  matrix = jnp.asarray(matrix, x.dtype)
+  out_dtype = x.dtype if dtype is None else jnp.float32
+  matrix = jnp.asarray(matrix, dtype or x.dtype)
+  x = x.astype(dtype or x.dtype)
   if x.ndim == 2:
-    return matrix @ x
+    return jnp.matmul(matrix, x, preferred_element_type=out_dtype)
   flat = x.reshape(-1, *x.shape[-2:])
   batched = jnp.broadcast_to(matrix, (flat.shape[0],) + matrix.shape)
-  mixed = jax.lax.dot_general(batched, flat, (((2,), (1,)), ((0,), (0,))))
+  mixed = jax.lax.dot_general(batched, flat, (((2,), (1,)), ((0,), (0,))),
+                              preferred_element_type=out_dtype)
   return _keep_apart(mixed).reshape(*x.shape[:-2], *mixed.shape[-2:])
 
 
@@ -187,14 +208,16 @@ def _cheb_weight_init(key, shape, dtype=jnp.float32):
 class Linear(nn.Module):
   """A dense layer with PyTorch's default `nn.Linear` init: kernel and bias ~ U(±1/sqrt(fan_in)).
 
-  Params `kernel` [in, out] (the transpose of torch's `weight`) and `bias` [out].
+  Params `kernel` [in, out] (the transpose of torch's `weight`) and `bias` [out]. `dtype` is the
+  compute dtype of the product (see `matmul`); parameters are always created float32.
   """
 
   features: int
+  dtype: Dtype = None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, bias = self.kernel_and_bias(x.shape[-1])
-    return x @ kernel + bias
+    return matmul(x, kernel, self.dtype) + bias
 
   @nn.compact
   def kernel_and_bias(self, fan_in: int) -> tuple[jax.Array, jax.Array]:
@@ -235,6 +258,7 @@ class ChebConv(nn.Module):
   num_nodes: int
   edges: Edges
   order: int = 2
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -251,13 +275,19 @@ class ChebConv(nn.Module):
     if in_features < self.features:
       # Rows (n, k) of [T_k]: the mixed input is [..., N, (k, c)], one matmul with W [(k, c), d].
       stacked = basis.transpose(1, 0, 2).reshape(nodes * num_terms, nodes)
-      mixed = node_mix(stacked, x).reshape(*batch, nodes, num_terms * in_features)
-      return mixed @ weight.reshape(num_terms * in_features, self.features) + bias
-    # X [W_0 .. W_K] is [..., M, (k, d)] = [..., (m, k), d], mixed by [T_k] as [n, (m, k)].
-    stacked = basis.transpose(1, 2, 0).reshape(nodes, nodes * num_terms)
-    per_term = x @ jnp.transpose(weight, (1, 0, 2)).reshape(in_features, num_terms * self.features)
-    per_term = per_term.reshape(*batch, nodes * num_terms, self.features)
-    return node_mix(stacked, per_term) + bias
+      mixed = node_mix(stacked, x, self.dtype).reshape(*batch, nodes, num_terms * in_features)
+      return matmul(mixed, weight.reshape(num_terms * in_features, self.features),
+                    self.dtype) + bias
+    # T_0 = I, so X W_0 is added as is and only T_1..T_K mix nodes: a third less mixing for K = 2.
+    # X [W_1 .. W_K] is [..., M, (k, d)] = [..., (m, k), d], mixed by [T_1 .. T_K] as [n, (m, k)].
+    out = matmul(x, weight[0], self.dtype) + bias
+    if num_terms == 1:
+      return out
+    stacked = basis[1:].transpose(1, 2, 0).reshape(nodes, nodes * (num_terms - 1))
+    per_term = matmul(x, jnp.transpose(weight[1:], (1, 0, 2)).reshape(
+        in_features, (num_terms - 1) * self.features), self.dtype)
+    per_term = per_term.reshape(*batch, nodes * (num_terms - 1), self.features)
+    return out + node_mix(stacked, per_term, self.dtype)
 
 
 class GraphConvBlock(nn.Module):
@@ -267,10 +297,11 @@ class GraphConvBlock(nn.Module):
   num_nodes: int
   edges: Edges
   dropout_rate: float = 0.1
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    x = ChebConv(self.features, self.num_nodes, self.edges, name="gconv")(x)
+    x = ChebConv(self.features, self.num_nodes, self.edges, dtype=self.dtype, name="gconv")(x)
     x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=deterministic)
     # Upstream quirk (spec §1.3): a second ReLU follows the dropout; it is a no-op and is omitted.
     return x
@@ -282,15 +313,16 @@ class ResChebBlock(nn.Module):
   num_nodes: int
   edges: Edges
   dropout_rate: float = 0.1
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """Maps [B, N, h] to [B, N, h]."""
     width = x.shape[-1]
-    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv1")(
-        x, deterministic=deterministic)
-    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv2")(
-        out, deterministic=deterministic)
+    block = dict(num_nodes=self.num_nodes, edges=self.edges, dropout_rate=self.dropout_rate,
+                 dtype=self.dtype)
+    out = GraphConvBlock(width, **block, name="gconv1")(x, deterministic=deterministic)
+    out = GraphConvBlock(width, **block, name="gconv2")(out, deterministic=deterministic)
     return x + out
 
 
@@ -303,16 +335,17 @@ class ResChebTimeBlock(nn.Module):
   num_nodes: int
   edges: Edges
   dropout_rate: float = 0.1
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    """Maps x [B, N, h] and temb [B, E] to [B, N, h]."""
+    """Maps x [B, N, h] and temb [B, E] (or [1, E], shared by every row) to [B, N, h]."""
     width = x.shape[-1]
-    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv1")(
-        x, deterministic=deterministic)
-    out = out + Linear(width, name="temb_proj")(nn.swish(temb))[..., None, :]
-    out = GraphConvBlock(width, self.num_nodes, self.edges, self.dropout_rate, name="gconv2")(
-        out, deterministic=deterministic)
+    block = dict(num_nodes=self.num_nodes, edges=self.edges, dropout_rate=self.dropout_rate,
+                 dtype=self.dtype)
+    out = GraphConvBlock(width, **block, name="gconv1")(x, deterministic=deterministic)
+    out = out + Linear(width, self.dtype, name="temb_proj")(nn.swish(temb))[..., None, :]
+    out = GraphConvBlock(width, **block, name="gconv2")(out, deterministic=deterministic)
     return x + out
 
 
@@ -320,11 +353,13 @@ class MultiHeadAttention(nn.Module):
   """Multi-head self-attention over graph nodes (upstream `MultiHeadedAttention`).
 
   `linears_0..2` project to Q, K, V and `linears_3` projects the concatenated heads. There is no
-  positional encoding and no mask: upstream's mask is all True, so masking is a no-op.
+  positional encoding and no mask: upstream's mask is all True, so masking is a no-op. A compute
+  dtype applies to the four projections; scores, softmax and the product with V stay float32.
   """
 
   num_heads: int
   dropout_rate: float = 0.1
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -339,12 +374,22 @@ class MultiHeadAttention(nn.Module):
       y = y.reshape(*batch, num_nodes, self.num_heads, head_dim)
       return jnp.swapaxes(y, -2, -3)
 
-    query, key, value = (split_heads(Linear(width, name=f"linears_{i}")(x)) for i in range(3))
+    query, key, value = (split_heads(Linear(width, self.dtype, name=f"linears_{i}")(x))
+                         for i in range(3))
+    # The per-head products are too small to gain from bfloat16 (with the casts, the bfloat16
+    # ICASSP evaluation ran ~4% slower): they run in the projections' output dtype, float32.
     scores = query @ jnp.swapaxes(key, -1, -2) / math.sqrt(head_dim)
-    probs = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),
-                                          deterministic=deterministic)
-    out = jnp.swapaxes(probs @ value, -2, -3).reshape(*batch, num_nodes, width)
-    return Linear(width, name="linears_3")(out)
+    if deterministic:
+      # Softmax normalised after the product with V: [N, d] divisions instead of [N, N] (the
+      # ICASSP evaluation runs ~3% faster).
+      weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+      out = (weights @ value) / jnp.sum(weights, axis=-1, keepdims=True)
+    else:
+      probs = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),
+                                            deterministic=deterministic)
+      out = probs @ value
+    out = jnp.swapaxes(out, -2, -3).reshape(*batch, num_nodes, width)
+    return Linear(width, self.dtype, name="linears_3")(out)
 
 
 class GraphNet(nn.Module):
@@ -357,6 +402,7 @@ class GraphNet(nn.Module):
 
   num_nodes: int
   features: int | None = None  # output width; defaults to the input width
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -368,10 +414,10 @@ class GraphNet(nn.Module):
                        (self.num_nodes, self.num_nodes))
     inv_sqrt_col = (jnp.sum(a_hat, axis=0) + 1e-5) ** -0.5
     lhat = inv_sqrt_col[:, None] * a_hat * inv_sqrt_col[None, :]
-    hidden = nn.relu(Linear(2 * width, name="gconv1")(node_mix(lhat, x)))
+    hidden = nn.relu(Linear(2 * width, self.dtype, name="gconv1")(node_mix(lhat, x, self.dtype)))
     # gconv2(Lhat @ hidden) computed as Lhat @ (hidden @ W) + b: the mixing runs on h, not 2h.
     kernel, bias = Linear(self.features or width, name="gconv2").kernel_and_bias(2 * width)
-    return node_mix(lhat, hidden @ kernel) + bias
+    return node_mix(lhat, matmul(hidden, kernel, self.dtype), self.dtype) + bias
 
 
 class GraAttenLayer(nn.Module):
@@ -385,14 +431,17 @@ class GraAttenLayer(nn.Module):
   num_heads: int
   dropout_rate: float
   attention_dropout_rate: float = 0.1
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """Maps [B, N, h] to [B, N, h]."""
-    attended = MultiHeadAttention(self.num_heads, self.attention_dropout_rate, name="self_attn")(
-        UpstreamLayerNorm(name="sublayer_0")(x), deterministic=deterministic)
+    attended = MultiHeadAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
+                                  name="self_attn")(UpstreamLayerNorm(name="sublayer_0")(x),
+                                                    deterministic=deterministic)
     x = x + nn.Dropout(self.dropout_rate)(attended, deterministic=deterministic)
-    fed = GraphNet(self.num_nodes, name="feed_forward")(UpstreamLayerNorm(name="sublayer_1")(x))
+    fed = GraphNet(self.num_nodes, dtype=self.dtype, name="feed_forward")(
+        UpstreamLayerNorm(name="sublayer_1")(x))
     return x + nn.Dropout(self.dropout_rate)(fed, deterministic=deterministic)
 
 
@@ -400,9 +449,10 @@ class TimeEmbedding(nn.Module):
   """The MLP after `timestep_embedding`: `dense_1(swish(dense_0(sinusoid)))`, no last activation."""
 
   features: int
+  dtype: Dtype = None
 
   @nn.compact
   def __call__(self, sinusoid: jax.Array) -> jax.Array:
     """Maps the sinusoid [B, D] to [B, features]."""
-    hidden = nn.swish(Linear(self.features, name="dense_0")(sinusoid))
-    return Linear(self.features, name="dense_1")(hidden)
+    hidden = nn.swish(Linear(self.features, self.dtype, name="dense_0")(sinusoid))
+    return Linear(self.features, self.dtype, name="dense_1")(hidden)
