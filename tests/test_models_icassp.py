@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from configs import icassp_h36m
+from posediff_jax import chunking
 from posediff_jax import evaluation
 from posediff_jax import safe_load
 from posediff_jax import skeleton
@@ -287,7 +288,7 @@ def test_map_rows_pads_chunks_and_drops_the_padding():
 
   for chunk in (0, 4, 5, 10, 16):
     calls.clear()
-    np.testing.assert_array_equal(icassp.map_rows(fn, chunk, rows, rows[:, :1]),
+    np.testing.assert_array_equal(chunking.map_rows(fn, chunk, rows, rows[:, :1]),
                                   rows * 2 + rows[:, :1])
     assert calls == [(chunk, 3) if 0 < chunk < 10 else (10, 3)]
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posediff_jax import chunking
 from posediff_jax import safe_load
 from posediff_jax import skeleton
 from posediff_jax.convert import common as convert_common
@@ -130,22 +131,27 @@ def _check_clip(config, input_2d) -> None:
                      f"model.num_frames={frames} frames), got shape {input_2d.shape}")
 
 
-def denoiser_apply(config, denoiser_params, dtype=None) -> DenoiserApply:
+def denoiser_apply(config, denoiser_params, dtype=None, rows=0) -> DenoiserApply:
   """D3DP's `DenoiserApply`: its rows are independent, so the G groups run as one batch.
 
   Args:
     config: the experiment config.
     denoiser_params: the denoiser's params (the stage's tree).
     dtype: compute dtype (None = float32).
+    rows: rows per deterministic pass (`chunking.map_rows`; 0 = all rows in one pass).
   """
   model = denoiser_module(config, dtype=dtype)
 
   def apply(rows_2d, rows_x, rows_t, deterministic=True, rngs=None):
-    groups, rows = rows_x.shape[:2]
-    merge = lambda a: a.reshape((groups * rows,) + a.shape[2:])
-    out = model.apply({"params": denoiser_params}, merge(rows_2d), merge(rows_x), merge(rows_t),
-                      deterministic=deterministic, rngs=rngs)
-    return out.reshape((groups, rows) + out.shape[1:])
+    groups, num = rows_x.shape[:2]
+    merge = lambda a: a.reshape((groups * num,) + a.shape[2:])
+    run = lambda r2, rx, rt: model.apply({"params": denoiser_params}, r2, rx, rt,
+                                         deterministic=deterministic, rngs=rngs)
+    if deterministic:
+      out = chunking.map_rows(run, rows, merge(rows_2d), merge(rows_x), merge(rows_t))
+    else:
+      out = run(merge(rows_2d), merge(rows_x), merge(rows_t))
+    return out.reshape((groups, num) + out.shape[1:])
 
   return apply
 
@@ -198,7 +204,8 @@ def denoise_flip(config, params, x, input_2d, t):
   Returns:
     x_start [B, H, F, J, 3] clamped to ±clip·scale, and the noise derived from the unclamped x.
   """
-  apply_fn = denoiser_apply(config, _denoiser_params(params), config.eval.compute_dtype)
+  apply_fn = denoiser_apply(config, _denoiser_params(params), config.eval.compute_dtype,
+                            chunking.chunk_rows(config))
   return denoise_flip_with(config, apply_fn, x, input_2d, t)
 
 
@@ -227,7 +234,8 @@ def sample(config, params, input_2d, key=None, *, noise_init=None, noise_steps=N
   Returns:
     See `sample_with`.
   """
-  apply_fn = denoiser_apply(config, _denoiser_params(params), config.eval.compute_dtype)
+  apply_fn = denoiser_apply(config, _denoiser_params(params), config.eval.compute_dtype,
+                            chunking.chunk_rows(config))
   return sample_with(config, apply_fn, input_2d, key, noise_init=noise_init,
                      noise_steps=noise_steps, num_hypotheses=num_hypotheses,
                      num_steps=num_steps, return_details=return_details)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posediff_jax import chunking
 from posediff_jax import skeleton
 from posediff_jax.convert import icassp as convert_icassp
 from posediff_jax.diffusion import ddim
@@ -65,41 +66,6 @@ def init_params(config, key) -> dict:
   return {"lifter": lifter["params"], "denoiser": denoiser["params"]}
 
 
-def chunk_rows(config) -> int:
-  """Denoiser rows per piece of a batch (the lifter takes twice as many): `eval.cpu_chunk_size` on
-  CPU, else all (0)."""
-  return int(config.eval.cpu_chunk_size) if jax.default_backend() == "cpu" else 0
-
-
-def map_rows(fn, chunk: int, *arrays: jax.Array):
-  """`fn(*arrays)` for a function whose rows are independent, computed `chunk` rows at a time.
-
-  On CPU a few dozen rows keep every activation in cache, which is faster (~1.7x for ICASSP) than
-  one large batch; the result is the same. The rows are padded (with copies of the last row) to a
-  multiple of `chunk` and the padding is dropped again. Chunk j holds rows j, j + n, j + 2n, ...
-  (n chunks), so a batch sharded along its rows stays evenly sharded inside every chunk.
-
-  Args:
-    fn: maps arrays [R, ...] to an array [R, ...] (or a tuple of them), row by row.
-    chunk: rows per call; 0 or >= R calls `fn` once on everything.
-    *arrays: inputs sharing the leading axis R.
-
-  Returns:
-    `fn(*arrays)`.
-  """
-  rows = arrays[0].shape[0]
-  if chunk <= 0 or rows <= chunk:
-    return fn(*arrays)
-  num_chunks = -(-rows // chunk)
-  padded = [jnp.concatenate([a, jnp.repeat(a[-1:], num_chunks * chunk - rows, axis=0)])
-            for a in arrays]
-  out = jax.lax.map(lambda xs: fn(*xs),
-                    [jnp.swapaxes(a.reshape((chunk, num_chunks) + a.shape[1:]), 0, 1)
-                     for a in padded])
-  return jax.tree.map(
-      lambda y: jnp.swapaxes(y, 0, 1).reshape((num_chunks * chunk,) + y.shape[2:])[:rows], out)
-
-
 def _mirror(pose: jax.Array) -> jax.Array:
   """[..., 17, C]: the horizontal coordinate (channel 0) negated, left and right joints swapped."""
   return skeleton.flip_pose(pose, x_channel=0)
@@ -129,16 +95,17 @@ def predict(config, params, input_2d: jax.Array, key=None, noise=None, return_tr
     unmirrored pass (hypothesis-major) and, with flip test-time augmentation, the same under
     `flip_*` for the mirrored pass.
   """
-  chunk = chunk_rows(config)
+  chunk = chunking.chunk_rows(config)
   lifter = lifter_module(config, compute_dtype(config))
   # The lifter's graph has half the denoiser's nodes: twice the rows give the same matmul sizes.
-  xyz = map_rows(lambda uv: lifter.apply({"params": params["lifter"]}, uv), 2 * chunk, input_2d)
+  xyz = chunking.map_rows(lambda uv: lifter.apply({"params": params["lifter"]}, uv), 2 * chunk,
+                          input_2d)
   deterministic = noise is None and not return_trajectory and config.sampling.eta == 0
   if deterministic and 0 < chunk:
     # One loop over pieces of frames instead of one per network call and sampler step: a piece's
     # activations and its guide context stay in cache from the first sampler step to the last.
     rows_per_frame = config.sampling.hypotheses * (2 if config.eval.flip_tta else 1)
-    return map_rows(lambda uv, xyz: _refine(config, params, uv, xyz),
+    return chunking.map_rows(lambda uv, xyz: _refine(config, params, uv, xyz),
                     max(1, chunk // rows_per_frame), input_2d, xyz)
   return _refine(config, params, input_2d, xyz, key, noise, return_trajectory, chunk)
 
@@ -162,11 +129,11 @@ def _refine(config, params, input_2d, xyz, key=None, noise=None, return_trajecto
   denoiser = denoiser_module(config, compute_dtype(config))
   variables = {"params": params["denoiser"]}
   # The context branch's guide-only stages are the same at every sampler step: computed once.
-  context = map_rows(lambda g: denoiser.apply(variables, g, method="guide_context"), chunk, guide)
+  context = chunking.map_rows(lambda g: denoiser.apply(variables, g, method="guide_context"), chunk, guide)
 
   def denoise(x, t):
     # The sampler moves every row to the same step: one time embedding serves them all.
-    return map_rows(lambda x, g, *c: denoiser.apply(variables, x, g, t[:1], context=c), chunk,
+    return chunking.map_rows(lambda x, g, *c: denoiser.apply(variables, x, g, t[:1], context=c), chunk,
                     x, guide, *context)
 
   out = ddim.ddim_sample(

@@ -33,19 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posediff_jax import chunking
 from posediff_jax.convert import mmdiff as convert_mmdiff
 from posediff_jax.diffusion import ddim
 from posediff_jax.diffusion import schedules
-from posediff_jax.families import icassp
 from posediff_jax.models import mmdiff as models
 from posediff_jax.models import mmdiff_phase1
 from posediff_jax.ops import points as point_ops
 
 STAGES = ("encoder", "denoiser")
-
-# Row-chunked evaluation on CPU (cache-sized pieces), shared with the ICASSP family.
-chunk_rows = icassp.chunk_rows
-map_rows = icassp.map_rows
 
 
 def denoiser_module(config) -> models.MultiConditionDenoiser:
@@ -222,7 +218,7 @@ def predict(config, params, batch: dict, key=None, noise=None, return_trajectory
   history = ddim.repeat_hypotheses(root_relative_frames(jnp.asarray(batch["x_history"])), hyp)
   features = ddim.repeat_hypotheses(batch["features"], hyp)
   radar = ddim.repeat_hypotheses(batch["radar"], hyp) if model.uses_radar else None
-  chunk = chunk_rows(config)
+  chunk = chunking.chunk_rows(config)
   denoiser_params = params["denoiser"]
 
   def network(x_all, t, *conditions):
@@ -232,7 +228,7 @@ def predict(config, params, batch: dict, key=None, noise=None, return_trajectory
 
   def run_network(x_all, t):
     conditions = (features, radar) if model.uses_radar else (features,)
-    return map_rows(network, chunk, x_all, t, *conditions)
+    return chunking.map_rows(network, chunk, x_all, t, *conditions)
 
   if update_history:
     # v1 sampler: DDIM over the whole state, history channels included. Its `0 * limb_cond(...)`

@@ -45,7 +45,7 @@ class MixSTEDenoiser(nn.Module):
     num_heads: attention heads (8).
     mlp_ratio: MLP hidden width / C (2.0).
     drop_path_rate: stochastic depth at the last depth; block i uses linspace(0, rate, depth)[i].
-    dtype: compute dtype (parameters stay float32); the output is always float32.
+    dtype: matmul operand dtype (parameters, activations and the output stay float32).
   """
 
   num_frames: int = 243
@@ -69,13 +69,10 @@ class MixSTEDenoiser(nn.Module):
     block = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=dtype)
     self.spatial_blocks = [transformer.Block(drop_path_rate=r, **block) for r in rates]
     self.temporal_blocks = [transformer.Block(drop_path_rate=r, **block) for r in rates]
-    self.spatial_norm = transformer.layer_norm(transformer.BLOCK_LN_EPS, dtype)
-    self.temporal_norm = transformer.layer_norm(transformer.BLOCK_LN_EPS, dtype)
-    self.head_norm = transformer.layer_norm(HEAD_LN_EPS, dtype)
+    self.spatial_norm = transformer.layer_norm(transformer.BLOCK_LN_EPS)
+    self.temporal_norm = transformer.layer_norm(transformer.BLOCK_LN_EPS)
+    self.head_norm = transformer.layer_norm(HEAD_LN_EPS)
     self.head_out = transformer.Dense(3, dtype=dtype)
-
-  def _compute_dtype(self):
-    return self.dtype or jnp.float32
 
   def check_inputs(self, input_2d: jax.Array, noisy_3d: jax.Array, t: jax.Array) -> jax.Array:
     """Raises a ValueError naming the wrong shape; returns t as [N]."""
@@ -104,10 +101,9 @@ class MixSTEDenoiser(nn.Module):
 
   def embed(self, input_2d: jax.Array, noisy_3d: jax.Array, time_emb: jax.Array) -> jax.Array:
     """[N, F, J, 2], [N, F, J, 3], [N, C] -> tokens [N, F, J, C] (joint and time embeddings in)."""
-    dtype = self._compute_dtype()
-    tokens = jnp.concatenate([input_2d, noisy_3d], axis=-1).astype(dtype)
-    x = self.joint_embed(tokens) + self.spatial_pos_embed.astype(dtype)
-    return x + time_emb.astype(dtype)[:, None, None, :]
+    tokens = jnp.concatenate([input_2d, noisy_3d], axis=-1).astype(jnp.float32)
+    x = self.joint_embed(tokens) + self.spatial_pos_embed
+    return x + time_emb[:, None, None, :]
 
   def spatial_stage(self, i: int, x: jax.Array, deterministic: bool = True) -> jax.Array:
     """Spatial block i + the shared spatial norm on [N, F, J, C] (attention over joints)."""
@@ -119,12 +115,12 @@ class MixSTEDenoiser(nn.Module):
     The frame embedding is added before block 0 only, as upstream.
     """
     if i == 0:
-      x = x + self.temporal_pos_embed.astype(x.dtype)
+      x = x + self.temporal_pos_embed
     return self.temporal_norm(self.temporal_blocks[i](x, deterministic))
 
   def predict_head(self, x: jax.Array) -> jax.Array:
     """[N, F, J, C] -> x0 [N, F, J, 3], float32."""
-    return self.head_out(self.head_norm(x)).astype(jnp.float32)
+    return self.head_out(self.head_norm(x))
 
   def __call__(self, input_2d: jax.Array, noisy_3d: jax.Array, t: jax.Array,
                deterministic: bool = True) -> jax.Array:

@@ -66,11 +66,11 @@ class TextEncoderLayer(nn.Module):
     """Maps [b, L, W] to [b, L, W]."""
     width = x.shape[-1]
     attended = transformer.SelfAttention(self.num_heads, True, self.dtype, name="self_attn")(x)
-    x = transformer.layer_norm(TEXT_LN_EPS, self.dtype, name="norm1")(x + attended)
+    x = transformer.layer_norm(TEXT_LN_EPS, name="norm1")(x + attended)
     hidden = transformer.Dense(self.ff_dim, dtype=self.dtype, name="linear1")(x)
     hidden = transformer.Dense(width, dtype=self.dtype, name="linear2")(
         nn.gelu(hidden, approximate=False))
-    return transformer.layer_norm(TEXT_LN_EPS, self.dtype, name="norm2")(x + hidden)
+    return transformer.layer_norm(TEXT_LN_EPS, name="norm2")(x + hidden)
 
 
 class StylizationBlock(nn.Module):
@@ -93,7 +93,7 @@ class StylizationBlock(nn.Module):
     emb = transformer.Dense(2 * self.features, dtype=self.dtype, name="emb_layers_1")(
         nn.silu(style))
     scale, shift = jnp.split(emb[:, None, None, :], 2, axis=-1)
-    h = transformer.layer_norm(TEXT_LN_EPS, self.dtype, name="norm")(y) * (1 + scale) + shift
+    h = transformer.layer_norm(TEXT_LN_EPS, name="norm")(y) * (1 + scale) + shift
     out = nn.Dense(self.features, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                    bias_init=nn.initializers.zeros, name="out_layers_2")
     return out(nn.silu(h))
@@ -120,8 +120,8 @@ class TemporalCrossAttention(nn.Module):
 
   def setup(self):
     c, dtype = self.features, self.dtype
-    self.norm = transformer.layer_norm(TEXT_LN_EPS, dtype)
-    self.text_norm = transformer.layer_norm(TEXT_LN_EPS, dtype)
+    self.norm = transformer.layer_norm(TEXT_LN_EPS)
+    self.text_norm = transformer.layer_norm(TEXT_LN_EPS)
     self.query = transformer.Dense(c, dtype=dtype)
     self.key = transformer.Dense(c, dtype=dtype)
     self.value = transformer.Dense(c, dtype=dtype)
@@ -189,7 +189,7 @@ class FinePoseDenoiser(d3dp.MixSTEDenoiser):
     dtype = self.dtype
     self.text_encoder_layers = [TextEncoderLayer(self.num_heads, self.text_ff_dim, dtype)
                                 for _ in range(self.text_layers)]
-    self.text_ln = transformer.layer_norm(TEXT_LN_EPS, dtype)
+    self.text_ln = transformer.layer_norm(TEXT_LN_EPS)
     self.text_proj = transformer.Dense(self.embed_dim, dtype=dtype)
     self.temporal_cross_attn = self._make_cross_attention()
 
@@ -216,7 +216,7 @@ class FinePoseDenoiser(d3dp.MixSTEDenoiser):
   def encode_text(self, clip_features: jax.Array, eot_index: jax.Array
                   ) -> tuple[jax.Array, jax.Array]:
     """CLIP features [b, L, W] and EOT indices [b] -> (xf_out [b, L, W], xf_proj [b, C])."""
-    x = clip_features.astype(self._compute_dtype())
+    x = clip_features.astype(jnp.float32)
     for layer in self.text_encoder_layers:
       x = layer(x)
     xf_out = self.text_ln(x)

@@ -8,9 +8,10 @@ the sinusoidal time embedding with its MLP, and the cheap re-layouts between the
 `[N, F, J, C]` and temporal `[N, J, F, C]` token grids.
 
 Parameter names spell out the torch module they come from (`attn_qkv` is `attn.qkv`, `mlp_fc1` is
-`mlp.fc1`, ...) so a converter maps them by rule. Parameters are always float32; `dtype` is the
-compute dtype (None = float32 unless the parameters or inputs say otherwise), so bfloat16 compute
-is a config option. Softmax and LayerNorm statistics stay in float32.
+`mlp.fc1`, ...) so a converter maps them by rule. Parameters are always float32. `dtype` is the
+matmul operand dtype (None = float32), so bfloat16 compute is a config option: products accumulate
+in float32 and everything else (residual stream, LayerNorm, softmax, GELU) stays float32, which
+on CPU is also the fast layout (bfloat16 element-wise ops there are emulated).
 """
 
 import math
@@ -41,9 +42,10 @@ class Dense(nn.Module):
   Attributes:
     features: output width.
     use_bias: whether to add a bias.
-    dtype: compute dtype (None: the promoted dtype of input and kernel).
+    dtype: matmul operand dtype (None: the promoted dtype of input and kernel).
 
   Params: `kernel` [in, out] (the transpose of torch's `weight`) and `bias` [out], float32.
+  The output is float32.
   """
 
   features: int
@@ -52,20 +54,23 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """Maps [..., in] to [..., features]."""
+    """Maps [..., in] to float32 [..., features]."""
     fan_in = x.shape[-1]
     init = _torch_uniform(1.0 / math.sqrt(fan_in))
     kernel = self.param("kernel", init, (fan_in, self.features))
     dtype = self.dtype or jnp.result_type(x, kernel)
-    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+    # float32 accumulation: for bfloat16 operands both more accurate and ~2x faster on CPU than
+    # the bf16-output dot.
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
     if self.use_bias:
-      y = y + self.param("bias", init, (self.features,)).astype(dtype)
+      y = y + self.param("bias", init, (self.features,))
     return y
 
 
-def layer_norm(eps: float, dtype: Dtype = None, name: str | None = None) -> nn.LayerNorm:
-  """`torch.nn.LayerNorm(C, eps)`: two-pass variance, params `scale` (torch weight) and `bias`."""
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
+def layer_norm(eps: float, name: str | None = None) -> nn.LayerNorm:
+  """`torch.nn.LayerNorm(C, eps)` in float32: two-pass variance, params `scale` (torch weight)
+  and `bias`."""
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
 
 
 class SelfAttention(nn.Module):
@@ -96,11 +101,30 @@ class SelfAttention(nn.Module):
     head_dim = width // self.num_heads
     qkv = Dense(3 * width, use_bias=self.qkv_bias, dtype=self.dtype, name="attn_qkv")(x)
     qkv = qkv.reshape(*x.shape[:-1], 3, self.num_heads, head_dim)
-    query, key, value = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    logits = jnp.einsum("...qhd,...khd->...hqk", query, key) * head_dim**-0.5
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
-    out = jnp.einsum("...hqk,...khd->...qhd", probs, value).reshape(x.shape[:-1] + (width,))
+    out = attention_core(qkv, head_dim**-0.5, self.dtype).reshape(x.shape[:-1] + (width,))
     return Dense(width, dtype=self.dtype, name="attn_proj")(out)
+
+
+def attention_core(qkv: jax.Array, scale: float, dtype=None) -> jax.Array:
+  """softmax(q k^T * scale) v for fused [..., L, 3, heads, d] projections -> [..., L, heads, d].
+
+  Laid out head-major ([3, ..., heads, L, d]) so both products are plain batched matmuls, and the
+  softmax is normalised after the value product (an [L, d] division instead of an [L, L] one):
+  on CPU this runs ~5x faster than the einsum over the token-major layout, with the same result
+  to float32 rounding. `dtype` (None = as given) is the operand dtype of the two products; the
+  logits, the softmax and the output are float32.
+  """
+  if dtype is not None:
+    qkv = qkv.astype(dtype)
+  qkv = jnp.moveaxis(qkv, (-3, -2), (0, -3))
+  query, key, value = qkv[0], qkv[1], qkv[2]
+  logits = jnp.matmul(query * jnp.asarray(scale, query.dtype), jnp.swapaxes(key, -1, -2),
+                      preferred_element_type=jnp.float32)
+  logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  weights = jnp.exp(logits)
+  total = jnp.sum(weights, axis=-1, keepdims=True)
+  out = jnp.matmul(weights.astype(value.dtype), value, preferred_element_type=jnp.float32)
+  return jnp.swapaxes(out / total, -2, -3)
 
 
 class DropPath(nn.Module):
@@ -155,10 +179,10 @@ class Block(nn.Module):
     width = x.shape[-1]
     drop = DropPath(self.drop_path_rate)
     attended = SelfAttention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(
-        layer_norm(BLOCK_LN_EPS, self.dtype, name="norm1")(x))
+        layer_norm(BLOCK_LN_EPS, name="norm1")(x))
     x = x + drop(attended, deterministic)
     hidden = Dense(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp_fc1")(
-        layer_norm(BLOCK_LN_EPS, self.dtype, name="norm2")(x))
+        layer_norm(BLOCK_LN_EPS, name="norm2")(x))
     hidden = Dense(width, dtype=self.dtype, name="mlp_fc2")(nn.gelu(hidden, approximate=False))
     return x + drop(hidden, deterministic)
 
