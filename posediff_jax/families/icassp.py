@@ -129,12 +129,14 @@ def _refine(config, params, input_2d, xyz, key=None, noise=None, return_trajecto
   denoiser = denoiser_module(config, compute_dtype(config))
   variables = {"params": params["denoiser"]}
   # The context branch's guide-only stages are the same at every sampler step: computed once.
-  context = chunking.map_rows(lambda g: denoiser.apply(variables, g, method="guide_context"), chunk, guide)
+  context = chunking.map_rows(lambda g: denoiser.apply(variables, g, method="guide_context"),
+                              chunk, guide)
 
   def denoise(x, t):
     # The sampler moves every row to the same step: one time embedding serves them all.
-    return chunking.map_rows(lambda x, g, *c: denoiser.apply(variables, x, g, t[:1], context=c), chunk,
-                    x, guide, *context)
+    return chunking.map_rows(
+        lambda x, g, *c: denoiser.apply(variables, x, g, t[:1], context=c), chunk, x, guide,
+        *context)
 
   out = ddim.ddim_sample(
       denoise, x_start, sampler_timesteps(config), schedules.alpha_bars_with_start(betas(config)),
