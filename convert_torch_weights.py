@@ -11,10 +11,11 @@ r"""Converts the authors' released PyTorch checkpoints into an orbax checkpoint 
   python convert_torch_weights.py --family mmdiff --checkpoint mmBody_mmDiff_phase2.pth \
       --lifter mmBody_mmDiff_phase1.pth --output checkpoints/mmdiff_mmbody
 
-The files are read by posediff_jax.safe_load: tensors only, no torch, nothing from the file is executed.
-Model sizes come from --config (default: the family's Human3.6M config, configs/<family>_h36m.py)
-and can be overridden as usual (--config.model.hid_dim=64). Every torch key must map onto a
-parameter, and every parameter must be filled; keys upstream itself never uses are listed.
+The files are read by posediff_jax.safe_load: tensors only, no torch, nothing from the file is
+executed. Model sizes come from --config (default: the family's Human3.6M config,
+configs/<family>_h36m.py) and can be overridden as usual (--config.model.hid_dim=64). Every torch
+key must map onto a parameter, and every parameter must be filled; keys upstream itself never uses
+are listed.
 """
 
 import pathlib
@@ -44,7 +45,8 @@ def _default_config() -> str:
   return str(next((c for c in candidates if c.is_file()), _CONFIGS / "diffpose_h36m.py"))
 
 
-_FAMILY = flags.DEFINE_enum("family", None, list(families.FAMILIES), "Model family of the checkpoint.")
+_FAMILY = flags.DEFINE_enum("family", None, list(families.FAMILIES),
+                            "Model family of the checkpoint.")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "The denoiser checkpoint (.pth / .bin; mmDiff: the phase-2 file); leave it "
     "out to convert a lifter (mmDiff: a phase-1 encoder) alone.")

@@ -12,31 +12,16 @@ float32's. It rewrites its section of docs/benchmarks.md.
 import argparse
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from configs import diffpose_h36m  # pylint: disable=g-import-not-at-top
-from posediff_jax import evaluation  # pylint: disable=g-import-not-at-top
 from posediff_jax.families import diffpose  # pylint: disable=g-import-not-at-top
 
 SECTION = "## DiffPose CPN evaluation pipeline"
-
-
-def measure(config, params, batch: int, repeats: int):
-  """(first-call seconds, median seconds per call, predictions [batch, 17, 3]) at one batch."""
-  predict = evaluation.make_predict_fn(config)
-  x = jax.device_put(np.random.default_rng(0).uniform(-0.8, 0.8, (batch, 17, 2)).astype(np.float32))
-  key = jax.random.key(0)
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(predict(params, x, key))
-  first = time.perf_counter() - t0
-  sec = common.median_seconds(lambda: predict(params, x, key), repeats)
-  return first, sec, np.asarray(out)
 
 
 def main():
@@ -50,14 +35,7 @@ def main():
   config = diffpose_h36m.get_config("cpn")
   params = jax.device_put(diffpose.init_params(config, jax.random.key(0)))
   dtypes = args.dtypes.split(",")
-  rows, poses = {}, {}
-  for dtype in dtypes:
-    config.eval.compute_dtype = dtype
-    first, sec, poses[dtype] = measure(config, params, args.batch, args.repeats)
-    _, sec_one, _ = measure(config, params, 1, 10 * args.repeats)
-    rows[dtype] = (first, sec, sec_one)
-    print(f"{dtype}: first call {first:.2f} s, {args.batch / sec:.0f} frames/s at batch "
-          f"{args.batch}, {sec_one * 1e3:.2f} ms at batch 1", flush=True)
+  rows, poses = common.time_dtypes(config, params, dtypes, args.batch, args.repeats)
 
   cmd = "python benchmarks/bench_diffpose.py " + " ".join(sys.argv[1:])
   lines = [
@@ -65,22 +43,10 @@ def main():
       f"Machine: {common.machine()}. Environment: {common.environment()}.",
       f"Command: `{cmd.strip()}` (median of {args.repeats} calls at batch {args.batch}, "
       f"{10 * args.repeats} at batch 1; random weights, full CPN config; `eval.compute_dtype` "
-      "per column).", "",
-      "| measure | " + " | ".join(f"posediff-jax {d}" for d in dtypes)
-      + " | upstream PyTorch (issue #2, 2-core CPU, torch 2.13) |",
-      "|---|" + "---|" * (len(dtypes) + 1),
-      f"| frames/s at batch {args.batch} (lifter + 2 DDIM steps) | "
-      + " | ".join(f"{args.batch / rows[d][1]:,.0f}" for d in dtypes) + " | ~530 |",
-      "| latency at batch 1 | " + " | ".join(f"{rows[d][2] * 1e3:.2f} ms" for d in dtypes)
-      + " | ~8.5 ms |",
-      f"| first call at batch {args.batch} (trace + compile + run) | "
-      + " | ".join(f"{rows[d][0]:.2f} s" for d in dtypes) + " | n/a |"]
-  if "float32" in poses and "bfloat16" in poses:
-    diff = np.linalg.norm(poses["bfloat16"] - poses["float32"], axis=-1) * 1000
-    lines += ["", f"bfloat16 vs float32, same random weights and inputs: the poses differ by "
-              f"{diff.mean():.2f} mm per joint on average ({np.percentile(diff, 99):.2f} mm at the "
-              "99th percentile); the numerical effect of bfloat16 matmul operands, not a trained "
-              "model's MPJPE change."]
+      "per column).", ""]
+  upstream = ("upstream PyTorch (issue #2, 2-core CPU, torch 2.13)", "~530", "~8.5 ms")
+  lines += common.dtype_table(rows, dtypes, args.batch, "lifter + 2 DDIM steps", upstream)
+  lines += common.bfloat16_note(poses)
   common.write_section(args.output, SECTION, "\n".join(lines) + "\n")
   print(f"wrote {args.output}")
 

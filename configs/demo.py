@@ -2,9 +2,9 @@ r"""The demo: a small DiffPose trained and evaluated on the project's own synthe
 
   python train.py --config configs/demo.py --workdir runs/demo
 
-The synthetic Human3.6M-layout files are generated into data/synthetic on first use. The run trains the
-lifter (MPJPE regression), then the denoiser (upstream's noise-prediction loss), and ends with the
-per-action evaluation table. Fits in well under 10 minutes on 2 CPU cores.
+The synthetic Human3.6M-layout files are generated into data/synthetic on first use. The run trains
+the lifter (MPJPE regression), then the denoiser (upstream's noise-prediction loss), and ends with
+the per-action evaluation table. Fits in well under 10 minutes on 2 CPU cores.
 """
 
 from configs import diffpose_h36m

@@ -37,7 +37,8 @@ def get_config(arg=None):
   # Variance given to plain (non-GMM) 2D files read as a one-kernel GMM; only scales training noise.
   c.data.plain_2d_var = 0.01
   c.data.worker_count = 0
-  c.data.generate_synthetic = False  # the demo sets this: write the synthetic set into data.root if absent
+  # The demo sets this: write the synthetic set into data.root if absent.
+  c.data.generate_synthetic = False
 
   # Device mesh: batches split over `data` (-1 = every device); `model` is reserved (README,
   # "Scaling"): no family shards its parameters yet.
@@ -53,10 +54,12 @@ def get_config(arg=None):
   c.diffusion = ml_collections.ConfigDict(
       dict(beta_schedule="linear", beta_start=1e-4, beta_end=1e-3, num_steps=51))
 
-  # Upstream `testing`: seq = range(0, timestep_range, timestep_range // num_steps) -> [0, 12] / [0, 6].
-  # The clean lifter output is used as the state at the largest t: upstream never noises it (spec §0.1).
+  # Upstream `testing`: seq = range(0, timestep_range, timestep_range // num_steps), so [0, 12]
+  # (cpn) or [0, 6] (gt). The clean lifter output is used as the state at the largest t: upstream
+  # never noises it (spec §0.1).
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.timestep_range = 24 if variant == "cpn" else 12  # upstream test_num_diffusion_timesteps
+  # Upstream test_num_diffusion_timesteps.
+  c.sampling.timestep_range = 24 if variant == "cpn" else 12
   c.sampling.num_steps = 2  # upstream test_timesteps
   c.sampling.hypotheses = 1  # upstream test_times
   c.sampling.eta = 0.0
@@ -77,14 +80,16 @@ def get_config(arg=None):
   c.train.batch_size = 1024
   c.train.epochs = 80
   c.train.steps = 0  # > 0 overrides epochs
-  # The effective upstream lr: main_diffpose_frame.py's argparse default 1e-3 replaces the yml's 2e-5.
+  # The effective upstream lr: main_diffpose_frame.py's argparse default 1e-3 replaces the yml's
+  # 2e-5.
   c.train.lr = 1e-3
   c.train.lr_decay_epochs = 60
   c.train.lr_gamma = 0.9
   c.train.adam_eps = 1e-8
   c.train.grad_clip = 1.0
   c.train.ema_rate = 0.999
-  # Upstream never released a lifter recipe: ours is MPJPE regression, run before the denoiser stage.
+  # Upstream never released a lifter recipe: ours is MPJPE regression, run before the denoiser
+  # stage.
   c.train.lifter_epochs = 0
   c.train.lifter_steps = 0  # > 0 overrides lifter_epochs
   c.train.lifter_lr = 1e-3

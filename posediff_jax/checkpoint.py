@@ -3,12 +3,12 @@
 A checkpoint directory is an orbax `CheckpointManager` directory whose steps hold up to three items:
 
 - `meta`  (JSON): the family, the model sizes, where the weights came from;
-- `state` (pytree): `{'params': {'lifter': ..., 'denoiser': ...}}`, plus `opt_state`, `ema_params`, `step`
-  and `rng` when written by training;
+- `state` (pytree): `{'params': {'lifter': ..., 'denoiser': ...}}`, plus `opt_state`, `ema_params`,
+  `step` and `rng` when written by training;
 - `data`  (grain iterator state): training only.
 
-`convert_torch_weights.py` writes step 0 of such a directory; `train.py` writes `WORKDIR/checkpoints`.
-`evaluate.py` reads either.
+`convert_torch_weights.py` writes step 0 of such a directory; `train.py` writes
+`WORKDIR/checkpoints`. `evaluate.py` reads either.
 """
 
 import logging
@@ -30,7 +30,7 @@ def manager(directory, *, keep: int | None = None, create: bool = True) -> ocp.C
 
 
 def resolve(directory) -> pathlib.Path:
-  """The orbax directory behind `directory`: itself, or `directory/checkpoints` for a training workdir."""
+  """The orbax directory behind `directory`: itself, or a training workdir's `checkpoints`."""
   path = pathlib.Path(directory)
   if not path.is_dir():
     raise FileNotFoundError(f"checkpoint directory not found: {path}")

@@ -1,4 +1,4 @@
-"""Evaluation over a test set: batches in upstream order, data-parallel jitted calls, per-action table.
+"""Evaluation over a test set: upstream batch order, data-parallel jitted calls, per-action table.
 
 Every process walks the same global batches; each feeds its own rows, the batch is split over the
 mesh's `data` axis, and the per-frame errors come back to every process, which all fill the same

@@ -1,16 +1,17 @@
 """Reading pickled files without running code from them.
 
-PyTorch checkpoints (`.pth` / `.bin`, the zip format of torch >= 1.6) and the VideoPose3D-style `.npz`
-files both hold pickles. A pickle can name any Python callable and have the loader call it, so neither is
-ever read with `torch.load` or `np.load(allow_pickle=True)` here. Instead a restricted unpickler resolves
-only an allowlist of names:
+PyTorch checkpoints (`.pth` / `.bin`, the zip format of torch >= 1.6) and the VideoPose3D-style
+`.npz` files both hold pickles. A pickle can name any Python callable and have the loader call it,
+so neither is ever read with `torch.load` or `np.load(allow_pickle=True)` here. Instead a
+restricted unpickler resolves only an allowlist of names:
 
 - containers: dict, OrderedDict, list, tuple, set, str, bytes, numbers, None;
 - torch tensors, rebuilt as numpy arrays from the raw storages in the zip (torch is never imported);
-- numpy arrays, dtypes and scalars, and numpy `RandomState` objects (D3DP saves one in its checkpoints).
+- numpy arrays, dtypes and scalars, and numpy `RandomState` objects (D3DP saves one in its
+  checkpoints).
 
-Any other global in the stream raises `UnsafePickleError` naming the file and the global, before anything
-from the file is called.
+Any other global in the stream raises `UnsafePickleError` naming the file and the global, before
+anything from the file is called.
 
 TorchScript archives (`torch.jit.save`, e.g. OpenAI's CLIP `ViT-B-32.pt`) are the same zip layout
 with module objects in `data.pkl`: there a `__torch__.*` class name becomes an inert
@@ -44,14 +45,16 @@ class _StorageType:
 
 
 def _bfloat16():
-  import ml_dtypes  # pylint: disable=g-import-not-at-top  # shipped with jaxlib; only bf16 files need it
+  # ml_dtypes ships with jaxlib; only bfloat16 files need it.
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
   return ml_dtypes.bfloat16
 
 
 _TORCH_STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
     "BFloat16Storage": _bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 
 
@@ -290,8 +293,9 @@ def load_torch_checkpoint(path) -> Any:
     path: a `.pth` / `.bin` / `.pt` file written by `torch.save` (torch >= 1.6).
 
   Returns:
-    The saved object with every tensor replaced by a numpy array of the same shape and dtype (lists,
-    dicts and OrderedDicts, ints, floats, strings and numpy RandomState objects are kept as they are).
+    The saved object with every tensor replaced by a numpy array of the same shape and dtype
+    (lists, dicts and OrderedDicts, ints, floats, strings and numpy RandomState objects are kept as
+    they are).
 
   Raises:
     FileNotFoundError: the file does not exist.
@@ -445,7 +449,8 @@ def load_pickled_npz(path, required_keys=()) -> dict[str, Any]:
     required_keys: member names that must be present (without `.npy`).
 
   Returns:
-    {member name: value}; a 0-d object array (how `np.savez` stores a dict) comes back as the object.
+    {member name: value}; a 0-d object array (how `np.savez` stores a dict) comes back as the
+    object.
 
   Raises:
     FileNotFoundError, KeyError (a required key is missing, naming the file and the keys present),

@@ -1,4 +1,4 @@
-"""The training loop: stages, sharded jitted steps, orbax checkpoints with the data iterator, evaluation.
+"""The training loop: stages, sharded jitted steps, evaluation, checkpoints with the data iterator.
 
 A run trains the family's stages in order over one global step counter (DiffPose: `lifter` for
 `train.lifter_steps`, then `denoiser` for `train.steps`; mmDiff: `encoder` for
@@ -8,8 +8,8 @@ plain dict pytree:
   {'step': int32 [], 'rng': key data, 'params': {stage: ...}, 'opt_state': {stage: ...},
    'ema_params': {stage: ...}}
 
-Every checkpoint holds that state and the grain iterator state, so a resumed run continues exactly where
-the interrupted one stopped. Layouts with one stream per stage (`datasets.staged`) start each
+Every checkpoint holds that state and the grain iterator state, so a resumed run continues exactly
+where the interrupted one stopped. Layouts with one stream per stage (`datasets.staged`) start each
 stage's stream when the stage starts, with the stage's own batch size (`train.<stage>_batch_size`).
 Parameters are replicated and batches sharded over the `data` axis of the mesh `config.mesh`
 describes (`posediff_jax.sharding`).
@@ -394,9 +394,10 @@ def train_and_evaluate(config, workdir) -> dict:
            for name, _ in plan}
 
   def save(step):
+    meta = {**family.checkpoint_meta(config), "source": "train.py"}
     ckpt.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
-        meta=ocp.args.JsonSave({**family.checkpoint_meta(config), "source": "train.py"})), force=True)
+        meta=ocp.args.JsonSave(meta)), force=True)
 
   # One compilation for every evaluation of the run, with the family's in-training settings.
   eval_config = evaluation.training_eval_config(config)

@@ -294,7 +294,7 @@ def evaluate(config, params, sequences: list[video.VideoSequence], *, max_batche
 
 
 def _stitch(store: dict, batch: dict[str, Any], poses: np.ndarray, sequences) -> None:
-  """Writes a mini-batch's clip poses [B, F, J, 3] into their sequence's frames (later clips win)."""
+  """Writes a mini-batch's clip poses [B, F, J, 3] into their sequence's frames; later clips win."""
   index = int(batch["sequence"])
   length = len(sequences[index].input_2d)
   seq = store.setdefault(index, np.full((length,) + poses.shape[-2:], np.nan, np.float64))

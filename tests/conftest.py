@@ -7,6 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 
+from posediff_jax import safe_load
+from posediff_jax.convert import common
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -48,10 +51,98 @@ def root(request):
 @pytest.fixture(scope="module")
 def io(root):
   """The fixture's io.npz arrays (read without running pickled code)."""
-  from posediff_jax import safe_load  # pylint: disable=g-import-not-at-top
   return safe_load.load_pickled_npz(root / "io.npz")
 
 
 @pytest.fixture(scope="module")
 def fixture_json(root):
   return json.loads((root / "config.json").read_text())
+
+
+# --- converter tests: checkpoints, the spec's key lists, the size checks -------------------------
+
+
+def load_state_dict(path, **kwargs) -> dict[str, np.ndarray]:
+  """The state dict of a torch checkpoint, read without running its code.
+
+  Args:
+    path: the `.pth` / `.bin` file.
+    **kwargs: for `common.extract_state_dict` (e.g. `dict_key="model_pos"`, `list_index=4`).
+  """
+  return common.extract_state_dict(safe_load.load_torch_checkpoint(path), path, **kwargs)
+
+
+def spec_key_path(name: str) -> pathlib.Path:
+  """`specs/keys/<name>` beside the parity fixtures, or a skip saying it is absent."""
+  path = parity_root().parent / "specs" / "keys" / name
+  if not path.is_file():
+    pytest.skip(f"spec key list {path} not found")
+  return path
+
+
+def _zero_tensor(line: str) -> tuple[str, np.ndarray]:
+  """(key, zeros) of a `key<TAB>shape<TAB>dtype` line; the shape a JSON list or a tuple."""
+  key, shape, dtype = line.split("\t")[:3]
+  shape = shape.replace("(", "[").replace(",)", "]").replace(")", "]")
+  return key, np.zeros(json.loads(shape), dtype)
+
+
+def spec_key_list(name: str, exclude: str | None = None) -> dict[str, np.ndarray]:
+  """A zero state dict of every key in a spec key list (but those containing `exclude`)."""
+  out = {}
+  for line in spec_key_path(name).read_text().splitlines():
+    if line and not line.startswith("#"):
+      key, zeros = _zero_tensor(line)
+      if exclude is None or exclude not in key:
+        out[key] = zeros
+  return out
+
+
+def spec_key_sections(name: str) -> list[tuple[str, dict[str, np.ndarray]]]:
+  """The `## ` sections of a spec key list, in file order: (title line, zero state dict) each."""
+  sections = []
+  for line in spec_key_path(name).read_text().splitlines():
+    if line.startswith("## "):
+      sections.append((line, {}))
+    elif line and not line.startswith("#") and sections:
+      key, zeros = _zero_tensor(line)
+      sections[-1][1][key] = zeros
+  return sections
+
+
+def assert_wrong_sizes_are_named(convert_fn, model_config, deltas) -> None:
+  """Each size changed in turn makes the converter fail naming the flag that fits the file.
+
+  Args:
+    convert_fn: (model config dict) -> anything, converting a checkpoint that fits
+      `model_config`.
+    model_config: the model config the checkpoint was made with.
+    deltas: (field, delta) pairs; `model_config[field] + delta` must not fit.
+  """
+  for field, delta in deltas:
+    wrong = dict(model_config, **{field: model_config[field] + delta})
+    with pytest.raises(common.ConversionError,
+                       match=rf"--config\.model\.{field}={model_config[field]}\b"):
+      convert_fn(wrong)
+
+
+def set_d3dp_fixture_settings(c, up) -> None:
+  """Copies a D3DP-style fixture's backbone, diffusion and sampler settings into a config.
+
+  The D3DP, FinePOSE and DSGDiffu fixtures name them alike; the frame and joint counts are left to
+  the caller.
+
+  Args:
+    c: the config to change.
+    up: the fixture's config.json.
+  """
+  c.model.embed_dim = up["cs(embed_dim)"]
+  c.model.depth = up["dep"]
+  c.model.num_heads = up["num_heads"]
+  c.model.mlp_ratio = up["mlp_ratio"]
+  c.diffusion.num_steps = up["timestep(T)"]
+  c.diffusion.scale = up["scale"]
+  c.sampling.num_hypotheses = up["num_proposals(H)"]
+  c.sampling.num_steps = up["sampling_timesteps(K)"]
+  c.sampling.eta = up["ddim_eta"]
+  c.sampling.flip = up["test_time_augmentation(flip)"]

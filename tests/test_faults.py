@@ -9,17 +9,15 @@ SIGTERM while fetching the 3rd batch (the run must save step 3 and exit with sta
 """
 
 import json
-import pathlib
 import shutil
 import signal
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from posediff_jax import checkpoint
 from tests import tiny_run
+from tests.test_training import _state, _steps
 
 OVERRIDES = {"train.lifter_steps": 3, "train.steps": 3}
 TOTAL = 6
@@ -41,20 +39,6 @@ result = training.train_and_evaluate(
     tiny_run.tiny_config(data_root, json.loads(sys.argv[5])), workdir)
 print("result", json.dumps({"step": result["step"], "preempted": result.get("preempted", False)}))
 """
-
-
-def _steps(workdir) -> list[int]:
-  mngr = checkpoint.manager(pathlib.Path(workdir) / "checkpoints", create=False)
-  steps = sorted(mngr.all_steps())
-  mngr.close()
-  return steps
-
-
-def _state(workdir, step: int) -> dict:
-  mngr = checkpoint.manager(pathlib.Path(workdir) / "checkpoints", create=False)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  mngr.close()
-  return jax.tree.map(np.asarray, restored["state"])
 
 
 def _assert_equal(got: dict, expected: dict, what: str) -> None:

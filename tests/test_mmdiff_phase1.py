@@ -20,7 +20,7 @@ from posediff_jax.convert import mmdiff as convert
 from posediff_jax.families import mmdiff
 from posediff_jax.models import mmdiff_phase1 as phase1
 from tests import torch_format
-from tests.conftest import parity_dir, parity_root
+from tests.conftest import parity_dir, spec_key_sections
 from tests.test_points import reference_ball_query, reference_fps
 
 _erf = np.vectorize(math.erf)
@@ -257,18 +257,10 @@ def test_point_transformer_matches_the_upstream_forward():
 
 
 def _spec_sections() -> dict[str, dict[str, np.ndarray]]:
-  path = parity_root().parent / "specs" / "keys" / "keys_mmdiff.txt"
-  if not path.is_file():
-    pytest.skip(f"spec key list {path} not found")
-  sections, current = {}, None
-  for line in path.read_text().splitlines():
-    if line.startswith("## "):
-      current = sections.setdefault(line[3:].split(" ")[0].rstrip(":,") + str(len(sections)), {})
-    elif line and not line.startswith("#") and current is not None:
-      key, shape, dtype = line.split("\t")
-      current[key] = np.zeros(json.loads(shape.replace("(", "[").replace(",)", "]")
-                                         .replace(")", "]")), dtype)
-  return {name.rstrip("0123456789"): sd for name, sd in sections.items() if "_feat" in name}
+  """The phase-1 encoders' zero state dicts in `keys_mmdiff.txt`, by module name (`*_feat`)."""
+  names = [(title[3:].split(" ")[0].rstrip(":,"), sd)
+           for title, sd in spec_key_sections("keys_mmdiff.txt")]
+  return {name.rstrip("0123456789"): sd for name, sd in names if "_feat" in name}
 
 
 def test_full_size_phase1_key_lists_convert_and_wrong_files_are_named():

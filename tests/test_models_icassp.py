@@ -24,6 +24,8 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.families import icassp
 from posediff_jax.models import icassp as models
 from posediff_jax.models import layers
+# Params as shapes, and random params near a trained model's (`A_hat` near I, gains near 1).
+from tests.test_models_diffpose import _random_tree, _template
 
 SMALL = dict(hid_dim=8, num_layers=2, n_head=2, dropout=0.25)
 # The family tests compile whole pipelines: one layer per network keeps that quick.
@@ -44,26 +46,6 @@ def assert_close(actual, expected, rtol=1e-5, what=""):
 
 def _count(tree) -> int:
   return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
-
-
-def _template(model, *inputs):
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)["params"]
-
-
-def _random_tree(template, seed=0):
-  """Random values for every leaf; `A_hat` near the identity and gains near 1, as when trained."""
-  rng = _rng(seed)
-
-  def leaf(path, shape_dtype):
-    name = path[-1].key
-    values = rng.normal(0, 0.3, shape_dtype.shape)
-    if name == "A_hat":
-      values = np.eye(shape_dtype.shape[0]) + 0.05 * values
-    elif name == "a_2":
-      values = 1 + values
-    return jnp.asarray(values, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, template)
 
 
 def _inputs(batch, seed=0):

@@ -28,13 +28,11 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.families import d3dp
 from posediff_jax.models import d3dp as d3dp_models
 from posediff_jax.models import transformer
-from tests.conftest import REPO_ROOT, RTOL, assert_close, parity_dir, parity_root
-
-
-
-
+from tests.conftest import (REPO_ROOT, RTOL, assert_close, assert_wrong_sizes_are_named,
+                            load_state_dict, parity_dir, set_d3dp_fixture_settings, spec_key_list)
 
 PARITY_FAMILY = "d3dp"  # the conftest fixtures root, io and fixture_json read it
+
 
 @pytest.fixture(scope="module")
 def config(fixture_json, io):
@@ -43,16 +41,7 @@ def config(fixture_json, io):
   c = d3dp_h36m.get_config("cpn")
   c.model.num_frames = up["number_of_frames"]
   c.model.num_joints = up["num_joints"]
-  c.model.embed_dim = up["cs(embed_dim)"]
-  c.model.depth = up["dep"]
-  c.model.num_heads = up["num_heads"]
-  c.model.mlp_ratio = up["mlp_ratio"]
-  c.diffusion.num_steps = up["timestep(T)"]
-  c.diffusion.scale = up["scale"]
-  c.sampling.num_hypotheses = up["num_proposals(H)"]
-  c.sampling.num_steps = up["sampling_timesteps(K)"]
-  c.sampling.eta = up["ddim_eta"]
-  c.sampling.flip = up["test_time_augmentation(flip)"]
+  set_d3dp_fixture_settings(c, up)
   assert io["inputs_2d"].shape[1:3] == (c.model.num_frames, c.model.num_joints)
   return c
 
@@ -100,9 +89,7 @@ def test_schedule_matches_the_buffers(config, io):
 
 
 def _state_dict(root, name):
-  path = root / name
-  return common.extract_state_dict(safe_load.load_torch_checkpoint(path), path,
-                                   dict_key="model_pos")
+  return load_state_dict(root / name, dict_key="model_pos")
 
 
 def test_converter_reports_buffers_and_reads_the_random_state_file(root, config, converted):
@@ -140,11 +127,9 @@ def test_converter_checks_the_schedule_and_the_sizes(root, config):
   assert {k: dims[k] for k in ("num_frames", "num_joints", "embed_dim", "depth")} == {
       k: config.model[k] for k in ("num_frames", "num_joints", "embed_dim", "depth")}
   assert dims["mlp_ratio"] == config.model.mlp_ratio
-  for field, delta in (("depth", 1), ("embed_dim", 8), ("num_frames", 2)):
-    model_cfg = dict(config.model, **{field: config.model[field] + delta})
-    with pytest.raises(common.ConversionError,
-                       match=rf"--config\.model\.{field}={config.model[field]}\b"):
-      convert.convert_denoiser(sd, model_cfg, config.diffusion)
+  assert_wrong_sizes_are_named(
+      lambda model_cfg: convert.convert_denoiser(sd, model_cfg, config.diffusion), config.model,
+      (("depth", 1), ("embed_dim", 8), ("num_frames", 2)))
   unknown = dict(sd, **{"pose_estimator.extra.weight": np.zeros(3, np.float32)})
   with pytest.raises(common.ConversionError, match=r"do not belong to this model: 'extra\.weight'"):
     convert.convert_denoiser(unknown, config.model, config.diffusion)
@@ -158,22 +143,9 @@ def test_wrong_family_checkpoint_fails_and_says_so(config):
     d3dp.convert(config, diffpose_file)
 
 
-def _key_list(name: str) -> dict[str, np.ndarray]:
-  """A zero state dict from a spec key list (`key<TAB>[shape]<TAB>dtype` lines)."""
-  path = parity_root().parent / "specs" / "keys" / name
-  if not path.is_file():
-    pytest.skip(f"spec key list {path} not found")
-  out = {}
-  for line in path.read_text().splitlines():
-    if line and not line.startswith("#"):
-      key, shape, dtype = line.split("\t")[:3]
-      out[key] = np.zeros(json.loads(shape), dtype)
-  return out
-
-
 def test_full_size_key_list_converts_with_the_default_config():
   config = d3dp_h36m.get_config("cpn")
-  sd = _key_list("keys_d3dp.txt")
+  sd = spec_key_list("keys_d3dp.txt")
   betas = schedules.cosine_betas(config.diffusion.num_steps)
   sd["betas"], sd["alphas_cumprod"] = betas, schedules.alpha_bars(betas)
   params, report = convert.convert_denoiser(sd, config.model, config.diffusion)
@@ -300,8 +272,6 @@ def test_bfloat16_compute_stays_close_and_keeps_float32_params(config, params, i
 
 H36M_ROOT = 0
 MPI3DHP_ROOT = metrics_3dhp.MPI3DHP_ROOT_JOINT
-
-
 
 
 def _assert_close_elementwise(ours, theirs, what):

@@ -1,7 +1,7 @@
 """DiffPose against the authors' own PyTorch code: `../shared/parity/diffpose` (see its README).
 
-Every size and setting comes from the fixture's `config.json`, so these tests hold for any fixture set
-the same upstream generator makes (`POSEDIFF_PARITY_DIR` points elsewhere).
+Every size and setting comes from the fixture's `config.json`, so these tests hold for any fixture
+set the same upstream generator makes (`POSEDIFF_PARITY_DIR` points elsewhere).
 """
 
 import functools
@@ -20,7 +20,6 @@ import pytest
 from configs import diffpose_h36m
 from posediff_jax import cameras
 from posediff_jax import metrics
-from posediff_jax import safe_load
 from posediff_jax import skeleton
 from posediff_jax.convert import common
 from posediff_jax.convert import diffpose as convert
@@ -31,7 +30,7 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.families import diffpose
 from posediff_jax.models import diffpose as diffpose_models
 from posediff_jax.models import layers
-from tests.conftest import REPO_ROOT, assert_close, parity_dir
+from tests.conftest import REPO_ROOT, assert_close, load_state_dict, parity_dir
 
 
 
@@ -121,7 +120,8 @@ def test_stochastic_sampler_with_injected_noise(root, io, fixture_json, params):
   assert_close(x0_preds, io["stoch_x0_preds"], rtol=1e-4, what="stochastic x0 preds")
   mean = ddim.mean_over_hypotheses(x_final, hyp)
   assert_close(mean, io["stoch_mean_uvxyz"], rtol=1e-4, what="hypothesis mean")
-  assert_close(diffpose.root_subtract(mean[..., 2:5]), io["stoch_out_xyz"], rtol=1e-4, what="out xyz")
+  assert_close(diffpose.root_subtract(mean[..., 2:5]), io["stoch_out_xyz"], rtol=1e-4,
+               what="out xyz")
 
 
 def _table_rows(text: str) -> dict[str, tuple[float, float]]:
@@ -273,8 +273,7 @@ _ARRAYS = ("adj17", "laplacian17", "cheb17", "lifter_in_2d", "lifter_out_xyz", "
 
 
 def _state_dict(name: str, **kwargs):
-  path = _model_fixture()[0] / name
-  return common.extract_state_dict(safe_load.load_torch_checkpoint(path), path, **kwargs)
+  return load_state_dict(_model_fixture()[0] / name, **kwargs)
 
 
 def test_graph_constants():

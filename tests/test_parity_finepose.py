@@ -7,8 +7,6 @@ the CLIP tower in test_clip_text.py. tests/test_parity_dsgdiffu.py runs the same
 DSGDiffu fixture (this module's tests read `PARITY_FAMILY` of the module that runs them).
 """
 
-import json
-
 import jax
 import numpy as np
 import pytest
@@ -26,7 +24,8 @@ from posediff_jax.families import finepose
 from posediff_jax.models import d3dp as d3dp_models
 from posediff_jax.models import finepose as finepose_models
 from posediff_jax.models import transformer
-from tests.conftest import assert_close, parity_dir, parity_root
+from tests.conftest import (assert_close, assert_wrong_sizes_are_named, load_state_dict, parity_dir,
+                            set_d3dp_fixture_settings, spec_key_list, spec_key_path)
 
 PARITY_FAMILY = "finepose"  # the conftest fixtures root, io and fixture_json read it
 _CONFIGS = {"finepose": finepose_h36m, "dsgdiffu": dsgdiffu_h36m}
@@ -51,27 +50,16 @@ def config(family, fixture_json, io):
   c = _CONFIGS[family].get_config("cpn")
   c.model.num_frames = up["number_of_frames"]
   c.model.num_joints = io["inputs_2d"].shape[2]
-  c.model.embed_dim = up["cs(embed_dim)"]
-  c.model.depth = up["dep"]
-  c.model.num_heads = up["num_heads"]
-  c.model.mlp_ratio = up["mlp_ratio"]
+  set_d3dp_fixture_settings(c, up)
   c.model.text_width = _rewrite(up, "'512'")
   c.model.text_ff_dim = _rewrite(up, "dim_feedforward=2048")
   c.model.text_layers = _rewrite(up, "num_layers=4")
-  c.diffusion.num_steps = up["timestep(T)"]
-  c.diffusion.scale = up["scale"]
-  c.sampling.num_hypotheses = up["num_proposals(H)"]
-  c.sampling.num_steps = up["sampling_timesteps(K)"]
-  c.sampling.eta = up["ddim_eta"]
-  c.sampling.flip = up["test_time_augmentation(flip)"]
   c.text.actions = tuple(up["prompts"]["actions(per batch element)"])
   return c
 
 
 def _state_dict(root) -> dict[str, np.ndarray]:
-  path = root / "denoiser.pth"
-  return common.extract_state_dict(safe_load.load_torch_checkpoint(path), path,
-                                   dict_key="model_pos")
+  return load_state_dict(root / "denoiser.pth", dict_key="model_pos")
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +135,9 @@ def test_converter_accepts_every_key_prefix(root, config, family, converted):
 
 def test_converter_checks_sizes_and_family(root, config, family):
   sd = _state_dict(root)
-  for field, delta in (("text_layers", 1), ("text_ff_dim", 8), ("depth", 1), ("embed_dim", 8)):
-    model_cfg = dict(config.model, **{field: config.model[field] + delta})
-    with pytest.raises(common.ConversionError,
-                       match=rf"--config\.model\.{field}={config.model[field]}\b"):
-      convert.convert_denoiser(sd, model_cfg, config.diffusion, family=family)
+  assert_wrong_sizes_are_named(
+      lambda model_cfg: convert.convert_denoiser(sd, model_cfg, config.diffusion, family=family),
+      config.model, (("text_layers", 1), ("text_ff_dim", 8), ("depth", 1), ("embed_dim", 8)))
   other = "dsgdiffu" if family == "finepose" else "finepose"
   with pytest.raises(common.ConversionError, match=rf"use --family {family}"):
     convert.convert_denoiser(sd, config.model, config.diffusion, family=other)
@@ -171,29 +157,15 @@ def test_checkpoint_without_clip_says_where_to_get_it(root, config, tmp_path):
     finepose.convert(config, root / "denoiser.pth", lifter_path=tmp_path / "lifter.pth")
 
 
-def _key_list(name: str) -> dict[str, np.ndarray]:
-  """A zero state dict from a spec key list, without CLIP (`key<TAB>[shape]<TAB>dtype` lines)."""
-  path = parity_root().parent / "specs" / "keys" / name
-  if not path.is_file():
-    pytest.skip(f"spec key list {path} not found")
-  out = {}
-  for line in path.read_text().splitlines():
-    if line and not line.startswith("#"):
-      key, shape, dtype = line.split("\t")[:3]
-      if ".clip_text." not in key:
-        out[key] = np.zeros(json.loads(shape), dtype)
-  return out
-
-
 def test_full_size_key_list_converts_with_the_default_config(family):
   config = _CONFIGS[family].get_config("cpn")
-  sd = _key_list(f"keys_{family}.txt")
+  sd = spec_key_list(f"keys_{family}.txt", exclude=".clip_text.")
   betas = schedules.cosine_betas(config.diffusion.num_steps)
   sd["betas"], sd["alphas_cumprod"] = betas, schedules.alpha_bars(betas)
   params, report, text_state = convert.convert_denoiser(sd, config.model, config.diffusion,
                                                         family=family)
   ctx_values = sum(v.size for v in text_state.ctx.values())
-  path = parity_root().parent / "specs" / "keys" / f"keys_{family}.txt"
+  path = spec_key_path(f"keys_{family}.txt")
   non_clip = int(path.read_text().split(" non-CLIP")[0].rsplit(" ", 1)[1])
   assert report.num_elements + ctx_values == non_clip
   assert len(report.unused) == 12

@@ -19,7 +19,6 @@ from posediff_jax import cameras
 from posediff_jax import checkpoint
 from posediff_jax import evaluation
 from posediff_jax import metrics
-from posediff_jax import safe_load
 from posediff_jax import skeleton
 from posediff_jax import training
 from posediff_jax.convert import common
@@ -34,7 +33,7 @@ from posediff_jax.families import diffpose
 from posediff_jax.families import icassp
 from posediff_jax.models import icassp as icassp_models
 from posediff_jax.models import layers
-from tests.conftest import REPO_ROOT, assert_close, parity_dir, parity_root
+from tests.conftest import REPO_ROOT, assert_close, load_state_dict, parity_dir, spec_key_list
 # The DiffPose parity tests' helpers: relative-error check, table parser, CLI runner.
 from tests import tiny_run
 from tests.test_parity_diffpose import _run, _table_rows
@@ -123,14 +122,9 @@ def test_sampler_timesteps_and_schedule(root, io, fixture_json):
                what="alpha bars")
 
 
-def _state_dict(root, name, **kwargs):
-  path = root / name
-  return common.extract_state_dict(safe_load.load_torch_checkpoint(path), path, **kwargs)
-
-
 def test_lifter_forward_reports_the_keys_upstream_drops(root, io, fixture_json, params):
   config = fixture_config(root, fixture_json)
-  _, report = convert_diffpose.convert_lifter(_state_dict(root, "lifter.pth"), config.lifter)
+  _, report = convert_diffpose.convert_lifter(load_state_dict(root / "lifter.pth"), config.lifter)
   # Upstream's strict=False load skips these silently; they are listed, not dropped unseen.
   assert report.unused == ("temb.dense.0.weight", "temb.dense.0.bias", "temb.dense.1.weight",
                            "temb.dense.1.bias")
@@ -158,7 +152,7 @@ def test_denoiser_forward_and_activations(root, io, fixture_json, params):
 def test_denoiser_converter_reports_unused_modules_and_reads_the_ema(root, fixture_json):
   config = fixture_config(root, fixture_json)
   layers_ = config.model.num_layers
-  live, report = convert.convert_denoiser(_state_dict(root, "denoiser.pth"), config.model)
+  live, report = convert.convert_denoiser(load_state_dict(root / "denoiser.pth"), config.model)
   last = layers_ - 1
   assert report.unused == tuple(
       [f"gconv_layers_t.{last}.gconv{i}.gconv.{p}" for i in (1, 2) for p in ("weight", "bias")]
@@ -167,37 +161,26 @@ def test_denoiser_converter_reports_unused_modules_and_reads_the_ema(root, fixtu
   # Per layer and branch 17 attention tensors, 6 per residual block that runs (2L - 1); 6 for the
   # ChebConvs gconv_input, gconv_output, gconv_input_t; 6 for fc1..fc3; 4 for the time MLP.
   assert report.num_tensors == 17 * 2 * layers_ + 6 * (2 * layers_ - 1) + 6 + 6 + 4
-  ema, _ = convert.convert_denoiser(_state_dict(root, "denoiser.pth", list_index=4), config.model)
+  ema, _ = convert.convert_denoiser(load_state_dict(root / "denoiser.pth", list_index=4),
+                                    config.model)
   # The fixture built the EMA from other weights; upstream evaluates element 0.
   assert not np.allclose(live["fc3"]["kernel"], ema["fc3"]["kernel"])
 
 
-def _key_list(name: str) -> dict[str, np.ndarray]:
-  """A zero state dict from a spec key list (`key<TAB>[shape]<TAB>dtype` lines)."""
-  path = parity_root().parent / "specs" / "keys" / name
-  if not path.is_file():
-    pytest.skip(f"spec key list {path} not found")
-  out = {}
-  for line in path.read_text().splitlines():
-    if line and not line.startswith("#"):
-      key, shape, dtype = line.split("\t")
-      out[key] = np.zeros(json.loads(shape), dtype)
-  return out
-
-
 def test_full_size_checkpoints_from_the_spec_key_lists_convert():
   config = icassp_h36m.get_config("cpn")
-  denoiser = _key_list("keys_icassp_denoiser.txt")
+  denoiser = spec_key_list("keys_icassp_denoiser.txt")
   params, report = convert.convert_denoiser(denoiser, config.model)
   assert report.num_tensors + len(report.unused) == len(denoiser) == 248
   assert set(report.unused) == {k for k in denoiser if k.startswith(("gconv_layers_t.4.",
                                                                     "gconv_output_t."))}
   assert params["atten_layers_t_4"]["feed_forward"]["A_hat"].shape == (34, 34)
   # The lifter file is DiffPose's: its keys plus the time MLP upstream's strict=False skips.
-  lifter = _key_list("keys_icassp_lifter.txt")
-  assert set(_key_list("keys_diffpose_lifter.txt")) - set(lifter) == {
+  lifter = spec_key_list("keys_icassp_lifter.txt")
+  assert set(spec_key_list("keys_diffpose_lifter.txt")) - set(lifter) == {
       f"module.temb.dense.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
-  _, report = convert_diffpose.convert_lifter(_key_list("keys_diffpose_lifter.txt"), config.lifter)
+  _, report = convert_diffpose.convert_lifter(spec_key_list("keys_diffpose_lifter.txt"),
+                                              config.lifter)
   assert report.num_tensors == len(lifter) == 109 and len(report.unused) == 4
 
 
@@ -222,7 +205,7 @@ def test_wrong_family_checkpoints_fail_and_say_so(root, fixture_json):
 
 def test_other_sizes_and_tampered_checkpoints_fail_strictly(root, fixture_json):
   config = fixture_config(root, fixture_json)
-  sd = _state_dict(root, "denoiser.pth")
+  sd = load_state_dict(root / "denoiser.pth")
   hid = config.model.hid_dim
   narrow = dict(config.model, hid_dim=hid // 2)
   with pytest.raises(common.ConversionError,

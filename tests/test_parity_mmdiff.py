@@ -4,8 +4,6 @@ Every size and setting comes from the fixture's `config.json` and arrays, so the
 any fixture set the same upstream generator makes (`POSEDIFF_PARITY_DIR` points elsewhere).
 """
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +20,7 @@ from posediff_jax.families import mmdiff
 from posediff_jax.models import layers
 from posediff_jax.models import mmdiff as models
 from tests import torch_format
-from tests.conftest import assert_close, parity_dir, parity_root
+from tests.conftest import assert_close, parity_dir, spec_key_sections
 
 
 
@@ -270,20 +268,12 @@ def test_deterministic_sampler_needs_no_noise_and_ignores_the_key(io, fixture_js
 def _key_list_sections() -> dict[str, dict[str, np.ndarray]]:
   """Zero state dicts from the spec's `keys_mmdiff.txt`, by section ('mmbody', 'mmfi' for GCNdiff,
   else the module name opening the `## ` title)."""
-  path = parity_root().parent / "specs" / "keys" / "keys_mmdiff.txt"
-  if not path.is_file():
-    pytest.skip(f"spec key list {path} not found")
-  sections, current = {}, None
-  for line in path.read_text().splitlines():
-    if line.startswith("## "):
-      name = line[3:].split(" ")[0].rstrip(":,")
-      if name == "GCNdiff":
-        name = "mmfi" if "mm-Fi" in line else "mmbody"
-      current = sections.setdefault(name, {})
-    elif line and not line.startswith("#") and current is not None:
-      key, shape, dtype = line.split("\t")
-      current[key] = np.zeros(json.loads(shape.replace("(", "[").replace(",)", "]")
-                                         .replace(")", "]")), dtype)
+  sections = {}
+  for title, state_dict in spec_key_sections("keys_mmdiff.txt"):
+    name = title[3:].split(" ")[0].rstrip(":,")
+    if name == "GCNdiff":
+      name = "mmfi" if "mm-Fi" in title else "mmbody"
+    sections.setdefault(name, {}).update(state_dict)
   return sections
 
 

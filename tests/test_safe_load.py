@@ -1,4 +1,4 @@
-"""The restricted reader: torch zip checkpoints and pickled npz files, without running their code."""
+"""The restricted reader: torch zip checkpoints and pickled npz files, read without running code."""
 
 import collections
 import os

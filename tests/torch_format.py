@@ -1,8 +1,8 @@
 """A torch-free writer of `torch.save`-format zip files, for tests.
 
-It lets tests build checkpoints of any shape (wrong families, wrong widths, code-running pickles) without
-torch. The pickle references `torch._utils._rebuild_tensor_v2` and `torch.FloatStorage` by name, exactly
-as torch does, through stand-in modules that exist only while a file is being written.
+It lets tests build checkpoints of any shape (wrong families, wrong widths, code-running pickles)
+without torch. The pickle references `torch._utils._rebuild_tensor_v2` and `torch.FloatStorage` by
+name, exactly as torch does, through stand-in modules that exist only while a file is being written.
 """
 
 import collections
@@ -27,7 +27,8 @@ def _fake_torch():
   def _rebuild_tensor_v2(*args):
     raise AssertionError("never called while writing")
 
-  _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+  _rebuild_tensor_v2.__module__ = "torch._utils"
+  _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
   utils_mod._rebuild_tensor_v2 = _rebuild_tensor_v2
   storages = {}
   for name in set(_DTYPE_TO_STORAGE.values()):
@@ -59,7 +60,8 @@ class _Tensor:
     self.rebuild, self.storage, self.shape, self.strides = rebuild, storage, shape, strides
 
   def __reduce__(self):
-    return (self.rebuild, (self.storage, 0, self.shape, self.strides, False, collections.OrderedDict()))
+    return (self.rebuild,
+            (self.storage, 0, self.shape, self.strides, False, collections.OrderedDict()))
 
 
 def save(obj, path, archive_name="archive"):
@@ -101,7 +103,7 @@ def save(obj, path, archive_name="archive"):
 
 
 def save_raw_pickle(payload_obj, path, archive_name="archive"):
-  """Writes a torch-style zip whose data.pkl is the plain pickle of `payload_obj` (e.g. a code-runner)."""
+  """Writes a torch-style zip whose data.pkl is just `payload_obj` pickled (e.g. a code-runner)."""
   with zipfile.ZipFile(path, "w") as z:
     z.writestr(f"{archive_name}/data.pkl", pickle.dumps(payload_obj, protocol=2))
     z.writestr(f"{archive_name}/byteorder", "little")

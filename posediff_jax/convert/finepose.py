@@ -78,12 +78,14 @@ FINEPOSE_RULES = convert_d3dp.RULES + (
     *common.layer_norm_rules("temporal_cross_attn.norm", "temporal_cross_attn/norm"),
     *common.layer_norm_rules("temporal_cross_attn.text_norm", "temporal_cross_attn/text_norm"),
     *(rule for name in ("query", "key", "value")
-      for rule in common.linear_rules(f"temporal_cross_attn.{name}", f"temporal_cross_attn/{name}")),
+      for rule in common.linear_rules(f"temporal_cross_attn.{name}",
+                                      f"temporal_cross_attn/{name}")),
     *common.linear_rules("temporal_cross_attn.proj_out.emb_layers.1",
-             "temporal_cross_attn/proj_out/emb_layers_1"),
-    *common.layer_norm_rules("temporal_cross_attn.proj_out.norm", "temporal_cross_attn/proj_out/norm"),
+                         "temporal_cross_attn/proj_out/emb_layers_1"),
+    *common.layer_norm_rules("temporal_cross_attn.proj_out.norm",
+                             "temporal_cross_attn/proj_out/norm"),
     *common.linear_rules("temporal_cross_attn.proj_out.out_layers.2",
-             "temporal_cross_attn/proj_out/out_layers_2"),
+                         "temporal_cross_attn/proj_out/out_layers_2"),
 )
 DSGDIFFU_RULES = FINEPOSE_RULES + (
     *_gat("STEgat", "ste_gat"),

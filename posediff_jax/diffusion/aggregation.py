@@ -364,13 +364,8 @@ def p_mpjpe_per_step(preds: jax.Array, target: jax.Array, mode: str, *,
                      clip_mask: Optional[jax.Array] = None, root_joint: int = 0) -> jax.Array:
   """P2 (P-MPJPE) of a mode at every DDIM step, with upstream D3DP's per-hypothesis semantics.
 
-  Args:
-    preds: [B, K, H, F, J, 3] sampler output.
-    target: [B, F, J, 3] ground truth.
-    mode: one of `MODES`.
-    reproj_error: [B, K, H, F, J]; required for J-Agg.
-    clip_mask: optional [B] (or [B, F]) bool of the entries that count.
-    root_joint: the root joint index.
+  The arguments are `mpjpe_per_step`'s (preds [B, K, H, F, J, 3], target [B, F, J, 3], ...); the
+  errors are Procrustes-aligned as in `per_joint_errors(..., procrustes=True)`.
 
   Returns:
     [K] errors, in the units of the poses.

@@ -1,8 +1,8 @@
 """Model families: how each paper's networks, sampler and losses fit together.
 
-A family module exposes `init_params`, `predict` (the whole evaluation pipeline for a batch of 2D input),
-`losses` (the training objectives, by stage) and `convert` (torch checkpoints -> params). `config.family`
-picks one.
+A family module exposes `init_params`, `predict` (the whole evaluation pipeline for a batch of 2D
+input), `losses` (the training objectives, by stage) and `convert` (torch checkpoints -> params).
+`config.family` picks one.
 """
 
 import importlib

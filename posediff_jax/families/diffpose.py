@@ -1,15 +1,14 @@
 """DiffPose (CVPR 2023): a GCN lifter's 3D guess refined by a few DDIM steps of a GCN denoiser.
 
-Evaluation (spec §A.3): lift the 2D, root-subtract, stack [u, v, x, y, z] per joint, treat that clean
-state as x_t at the largest sampler step and run deterministic DDIM down to t = 0; read out xyz.
-Training: the denoiser learns to predict GMM-scaled noise on [u, v, x, y, z]; our lifter recipe (upstream
-released none) is plain MPJPE regression.
+Evaluation (spec §A.3): lift the 2D, root-subtract, stack [u, v, x, y, z] per joint, treat that
+clean state as x_t at the largest sampler step and run deterministic DDIM down to t = 0; read out
+xyz. Training: the denoiser learns to predict GMM-scaled noise on [u, v, x, y, z]; our lifter recipe
+(upstream released none) is plain MPJPE regression.
 """
 
 import jax
 import jax.numpy as jnp
 
-from posediff_jax import metrics
 from posediff_jax import safe_load
 from posediff_jax.convert import common as convert_common
 from posediff_jax.convert import diffpose as convert_diffpose
@@ -102,21 +101,23 @@ def sampler_timesteps(config) -> tuple[int, ...]:
                      f"({c.num_steps}) >= 1")
   seq = tuple(range(0, c.timestep_range, c.timestep_range // c.num_steps))
   if seq[-1] >= config.diffusion.num_steps:
-    raise ValueError(f"sampler step {seq[-1]} is outside the {config.diffusion.num_steps}-step schedule")
+    raise ValueError(f"sampler step {seq[-1]} is outside the {config.diffusion.num_steps}-step "
+                     "schedule")
   return seq
 
 
 def betas(config) -> jax.Array:
   c = config.diffusion
   if c.beta_schedule != "linear":
-    raise ValueError(f"DiffPose uses a linear beta schedule, got diffusion.beta_schedule={c.beta_schedule!r}")
+    raise ValueError("DiffPose uses a linear beta schedule, got "
+                     f"diffusion.beta_schedule={c.beta_schedule!r}")
   return schedules.linear_betas(c.beta_start, c.beta_end, c.num_steps)
 
 
 def root_subtract(xyz: jax.Array, upstream_aliasing: bool = False) -> jax.Array:
   """[..., J, 3] -> root-relative; optionally as upstream's aliased in-place op behaves on CPU."""
   if upstream_aliasing:
-    # Upstream quirk (spec §0.4): `a[:, :, :] -= a[:, :1, :]` on CPU zeroes the root and nothing else.
+    # Upstream quirk (spec §0.4): `a[:, :, :] -= a[:, :1, :]` on CPU zeroes only the root.
     return xyz.at[..., 0, :].set(0.0)
   return xyz - xyz[..., :1, :]
 
@@ -191,8 +192,8 @@ def _predict_batch(config, params, input_2d, key=None, noise=None, return_trajec
 
 def lifter_loss(config, lifter_params, batch, key) -> jax.Array:
   """MPJPE of the root-subtracted lifter output (our recipe; upstream released none)."""
-  xyz = lifter_module(config).apply({"params": lifter_params}, batch["input_2d"], deterministic=False,
-                                    rngs={"dropout": key})
+  xyz = lifter_module(config).apply({"params": lifter_params}, batch["input_2d"],
+                                    deterministic=False, rngs={"dropout": key})
   squared = jnp.sum(jnp.square(root_subtract(xyz) - batch["target_3d"]), axis=-1)
   # The root's error is exactly 0 after root subtraction, where sqrt has an infinite gradient.
   return jnp.mean(jnp.sqrt(squared + 1e-12))

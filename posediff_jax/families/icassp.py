@@ -38,10 +38,8 @@ def denoiser_module(config, dtype=None) -> models.CrossChannelDenoiser:
 
 
 def checkpoint_meta(config) -> dict:
-  """What a checkpoint records about its model, checked against the config when it is loaded."""
-  sizes = ("hid_dim", "num_layers", "n_head")
-  return {"family": "icassp", "model": {k: config.model[k] for k in sizes},
-          "lifter": {k: config.lifter[k] for k in sizes}}
+  """What a checkpoint records about its model: DiffPose's sizes, under this family's name."""
+  return {**diffpose.checkpoint_meta(config), "family": "icassp"}
 
 
 def convert(config, denoiser_path, lifter_path) -> tuple[dict, dict[str, list[str]]]:

@@ -104,6 +104,29 @@ class PreNormTransformer(nn.Module):
     return x
 
 
+def _joint_token_transformer(encoder: nn.Module, embedding: jax.Array) -> jax.Array:
+  """The encoders' shared tail: J learnable joint tokens in front of the points, the transformer.
+
+  Called inside `encoder`'s compact `__call__`, so the parameter `joint_posembeds_vector` [1, J, D]
+  and the submodule `transformer` are the encoder's own.
+
+  Args:
+    encoder: a module with fields `num_joints`, `dim`, `depth`, `heads`, `dim_head`, `mlp_dim`.
+    embedding: [B, L, D] point tokens.
+
+  Returns:
+    [B, J, D] the transformer's output at the joint tokens.
+  """
+  tokens = encoder.param("joint_posembeds_vector",
+                         lambda key, shape: jnp.asarray(sinusoid_joint_tokens(*shape[1:])),
+                         (1, encoder.num_joints, encoder.dim))
+  tokens = jnp.broadcast_to(tokens, (embedding.shape[0],) + tokens.shape[1:])
+  embedding = jnp.concatenate([tokens.astype(embedding.dtype), embedding], axis=1)
+  out = PreNormTransformer(encoder.depth, encoder.heads, encoder.dim_head, encoder.mlp_dim,
+                           name="transformer")(embedding)
+  return out[:, :encoder.num_joints]
+
+
 class TubeEmbedding(nn.Module):
   """Upstream `P4DConv` as P4Transformer uses it: '+' operator, max pooling over points and frames,
   no batch norm, activation or bias, no further MLP.
@@ -226,14 +249,7 @@ class P4TransformerEncoder(nn.Module):
     xyzt = jnp.concatenate([anchors, frame_index], axis=-1).reshape(batch, -1, 4)
     embedding = (layers.Linear(self.dim, name="pos_embedding")(xyzt)
                  + features.reshape(batch, frames * num_anchors, self.dim))
-    tokens = self.param("joint_posembeds_vector",
-                        lambda key, shape: jnp.asarray(sinusoid_joint_tokens(*shape[1:])),
-                        (1, self.num_joints, self.dim))
-    embedding = jnp.concatenate(
-        [jnp.broadcast_to(tokens, (batch,) + tokens.shape[1:]).astype(embedding.dtype), embedding],
-        axis=1)
-    out = PreNormTransformer(self.depth, self.heads, self.dim_head, self.mlp_dim,
-                             name="transformer")(embedding)[:, :self.num_joints]
+    out = _joint_token_transformer(self, embedding)
     hidden = _dense(self.dim // 2, "dim_reduce_head_1")(_layer_norm("dim_reduce_head_0")(out))
     joint_features = _dense(self.feature_size, "dim_reduce_head_3")(nn.relu(hidden))
     hidden = _dense(self.feature_size // 2, "point_prediction_heads_1")(
@@ -354,14 +370,7 @@ class PointTransformerEncoder(nn.Module):
           xyz, points, train=train)
       points = PointTransformerBlock(self.model_dim, self.num_neighbours,
                                      name=f"backbone_transformers_{i}")(xyz, points)
-    tokens = self.param("joint_posembeds_vector",
-                        lambda key, shape: jnp.asarray(sinusoid_joint_tokens(*shape[1:])),
-                        (1, self.num_joints, self.dim))
-    embedding = jnp.concatenate(
-        [jnp.broadcast_to(tokens, (batch,) + tokens.shape[1:]).astype(points.dtype), points],
-        axis=1)
-    out = PreNormTransformer(self.depth, self.heads, self.dim_head, self.mlp_dim,
-                             name="transformer")(embedding)[:, :self.num_joints]
+    out = _joint_token_transformer(self, points)
     hidden = nn.relu(layers.Linear(256, name="fc2_0")(out))
     joint_features = layers.Linear(self.feature_size, name="fc2_3")(hidden)
     hidden = nn.relu(layers.Linear(64, name="fc3_1")(nn.relu(joint_features)))
