@@ -17,26 +17,27 @@ def chunk_rows(config) -> int:
 def map_rows(fn, chunk: int, *arrays: jax.Array):
   """`fn(*arrays)` for a function whose rows are independent, computed `chunk` rows at a time.
 
-  The rows are padded (with copies of the last row) to a
-  multiple of `chunk` and the padding is dropped again. Chunk j holds rows j, j + n, j + 2n, ...
-  (n chunks), so a batch sharded along its rows stays evenly sharded inside every chunk.
+  The rows are padded (with copies of the last row) to a multiple of `chunk` and the padding is
+  dropped again. Chunk j holds rows j, j + n, j + 2n, ... (n chunks), so a batch sharded along its
+  rows stays evenly sharded inside every chunk.
 
   Args:
-    fn: maps arrays [R, ...] to an array [R, ...] (or a tuple of them), row by row.
+    fn: maps arrays [R, ...] to an array [R, ...] (or a pytree of them), row by row.
     chunk: rows per call; 0 or >= R calls `fn` once on everything.
-    *arrays: inputs sharing the leading axis R.
+    *arrays: inputs (arrays or pytrees of arrays) whose leaves share the leading axis R.
 
   Returns:
     `fn(*arrays)`.
   """
-  rows = arrays[0].shape[0]
+  rows = jax.tree.leaves(arrays)[0].shape[0]
   if chunk <= 0 or rows <= chunk:
     return fn(*arrays)
   num_chunks = -(-rows // chunk)
-  padded = [jnp.concatenate([a, jnp.repeat(a[-1:], num_chunks * chunk - rows, axis=0)])
-            for a in arrays]
-  out = jax.lax.map(lambda xs: fn(*xs),
-                    [jnp.swapaxes(a.reshape((chunk, num_chunks) + a.shape[1:]), 0, 1)
-                     for a in padded])
+
+  def split(a):  # [R, ...] -> [n, chunk, ...], chunk j = rows j, j + n, ...
+    a = jnp.concatenate([a, jnp.repeat(a[-1:], num_chunks * chunk - rows, axis=0)])
+    return jnp.swapaxes(a.reshape((chunk, num_chunks) + a.shape[1:]), 0, 1)
+
+  out = jax.lax.map(lambda xs: fn(*xs), jax.tree.map(split, arrays))
   return jax.tree.map(
       lambda y: jnp.swapaxes(y, 0, 1).reshape((num_chunks * chunk,) + y.shape[2:])[:rows], out)

@@ -219,15 +219,20 @@ def predict(config, params, batch: dict, key=None, noise=None, return_trajectory
   features = ddim.repeat_hypotheses(batch["features"], hyp)
   radar = ddim.repeat_hypotheses(batch["radar"], hyp) if model.uses_radar else None
   chunk = chunking.chunk_rows(config)
-  denoiser_params = params["denoiser"]
+  variables = {"params": params["denoiser"]}
+  # The conditions no step changes (GRC, the limb prediction, and TMC when the history stays
+  # fixed) are computed once, not at every step.
+  names = model.step_invariant(update_history)
+  static = chunking.map_rows(
+      lambda x, f: model.apply(variables, x, jnp.zeros(x.shape[:1]), f, return_static=names),
+      chunk, history, features)
 
-  def network(x_all, t, *conditions):
-    feats, radar_rows = conditions if model.uses_radar else (conditions[0], None)
-    out, _ = model.apply({"params": denoiser_params}, x_all, t, feats, radar_rows)
+  def network(x_all, t, feats, static_rows, *radar_rows):
+    out, _ = model.apply(variables, x_all, t, feats, *radar_rows, static=static_rows)
     return out
 
   def run_network(x_all, t):
-    conditions = (features, radar) if model.uses_radar else (features,)
+    conditions = (features, static) + ((radar,) if model.uses_radar else ())
     return chunking.map_rows(network, chunk, x_all, t, *conditions)
 
   if update_history:

@@ -204,7 +204,7 @@ class MultiConditionDenoiser(nn.Module):
       raise ValueError(f"MultiConditionDenoiser: hid_dim {self.hid_dim} must be divisible by "
                        f"n_head {self.n_head} (and >= 2)")
 
-  def _check_inputs(self, x, t, features, radar, limb_len) -> None:
+  def _check_inputs(self, x, t, features, radar, limb_len, need_radar=True) -> None:
     joints, channels = self.num_joints, self.state_channels
     if x.ndim != 3 or x.shape[1:] != (joints, channels):
       raise ValueError(f"MultiConditionDenoiser: expected x of shape [B, {joints}, {channels}] "
@@ -218,7 +218,7 @@ class MultiConditionDenoiser(nn.Module):
       raise ValueError(f"MultiConditionDenoiser: expected phase-1 features of shape [B, {joints}, "
                        f"{self.feature_size}] = {(batch, joints, self.feature_size)}, got "
                        f"{features.shape}")
-    if self.uses_radar:
+    if self.uses_radar and need_radar:
       if radar is None:
         raise ValueError("MultiConditionDenoiser: local_flag=1 needs the radar window [B, T, N, "
                          f"{self.radar_channels}], got None")
@@ -262,9 +262,22 @@ class MultiConditionDenoiser(nn.Module):
     emb = TorchConv1d(width, name="temperal_conv_2")(emb)
     return jnp.max(emb, axis=1).reshape(batch, joints, self.hid_dim)
 
+  def step_invariant(self, update_history: bool) -> tuple[str, ...]:
+    """The `static` conditions that stay fixed over a sampler run (see `__call__`).
+
+    GRC and the limb prediction read only the phase-1 features (limb_flag 1); TMC reads the past
+    poses, fixed unless the sampler updates the history channels (v1).
+    """
+    names = ["global"]
+    if self.temp_flag == 1 and not update_history:
+      names.append("past")
+    if self.limb_flag == 1:
+      names.append("limb")
+    return tuple(names)
+
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, features: jax.Array, radar=None, limb_len=None,
-               *, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+               *, deterministic: bool = True, static=None, return_static=None):
     """Predicts the noise of the state and the limb lengths.
 
     Args:
@@ -275,6 +288,10 @@ class MultiConditionDenoiser(nn.Module):
       limb_len: optional [B, 16] limb lengths for the SLC embedding (v1 training passes the
         ground truth); None uses the network's own prediction, as at inference.
       deterministic: disables dropout when True; otherwise the 'dropout' rng is needed.
+      static: optional {'global': [B, J, h], 'past': [B, J, h], 'limb': [B, 16]} conditions
+        computed before (by a call with `return_static`): a sampler computes the ones that do not
+        change between its steps once. Missing entries are computed here.
+      return_static: a tuple of those names: return just these conditions, as a dict.
 
     Returns:
       (out [B, J, 3(P+1)], limb_pred [B, 16]). Only `out[..., -3:]`, the noise of the current
@@ -285,30 +302,46 @@ class MultiConditionDenoiser(nn.Module):
     t = jnp.asarray(t)
     radar = None if radar is None else jnp.asarray(radar)
     limb_len = None if limb_len is None else jnp.asarray(limb_len)
-    self._check_inputs(x, t, features, radar, limb_len)
+    self._check_inputs(x, t, features, radar, limb_len, need_radar=return_static is None)
     graph = dict(num_nodes=self.num_joints, edges=self.edges)
     batch = x.shape[0]
     current = x[..., -3:]
+    static = dict(static or {})
+
+    def limb_prediction():
+      limb_input = (features.reshape(batch, -1) if self.limb_flag == 1
+                    else x.reshape(batch, -1))
+      hidden = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="limb_linear_0")(
+          limb_input)
+      hidden = nn.relu(layers.Linear(self.limb_hidden, name="limb_linear_1")(hidden))
+      return layers.Linear(len(self.edges), name="limb_linear_3")(hidden)
+
+    builders = {
+        "global": lambda: layers.ChebConv(self.hid_dim, **graph, name="gconv_input1")(features),
+        "past": lambda: self.temporal_context(x),
+        "limb": limb_prediction,
+    }
+    if return_static is not None:
+      return {name: builders[name]() for name in return_static}
+    for name in ("global",) + (("past",) if self.temp_flag == 1 else ()) + ("limb",):
+      if name not in static:
+        static[name] = builders[name]()
 
     sinusoid = layers.timestep_embedding(t, self.hid_dim)
     # Upstream quirk (spec §1.2): the embeddings are 4 * hid_dim wide; config emd_dim is ignored.
     temb = layers.TimeEmbedding(4 * self.hid_dim, name="temb")(sinusoid)
 
-    condition = layers.ChebConv(self.hid_dim, **graph, name="gconv_input1")(features)
+    condition = static["global"]
     self.sow("intermediates", "global_emb", condition)
     if self.uses_radar:
       local = self.local_context(current, radar, deterministic=deterministic)
       self.sow("intermediates", "local_emb", local)
       condition = condition + local
     if self.temp_flag == 1:
-      past = self.temporal_context(x)
-      self.sow("intermediates", "past_emb", past)
-      condition = condition + past
+      self.sow("intermediates", "past_emb", static["past"])
+      condition = condition + static["past"]
 
-    limb_input = (features.reshape(batch, -1) if self.limb_flag == 1 else x.reshape(batch, -1))
-    hidden = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="limb_linear_0")(limb_input)
-    hidden = nn.relu(layers.Linear(self.limb_hidden, name="limb_linear_1")(hidden))
-    limb_pred = layers.Linear(len(self.edges), name="limb_linear_3")(hidden)
+    limb_pred = static["limb"]
     limb = limb_pred if limb_len is None else limb_len
     temb = temb + layers.TimeEmbedding(4 * self.hid_dim, name="limb_emb_layer")(limb)
 
