@@ -21,20 +21,36 @@ BATCH = 64
 # and folds hypotheses into the batch axis, where sharded random draws must match unsharded ones.
 PREDICT_CASES = {"upstream": {"sampling.hypotheses": 1, "sampling.eta": 0.0},
                  "noisy": {"sampling.hypotheses": 2, "sampling.eta": 0.5}}
+# The evaluation check already runs every frame and radar family's upstream setting over the mesh;
+# DiffPose alone also compares it here, and checks that its output stays split over the devices.
+UPSTREAM_PREDICT_FAMILIES = ("diffpose",)
 FAMILIES = ("diffpose", "icassp")  # frame families: [B, 17, C] batches
-CLIP_FAMILIES = ("d3dp",)  # clip families: [B, F, 17, C] batches, multi-hypothesis samplers
+# Clip families: [B, F, 17, C] batches, multi-hypothesis samplers. The prompt families also take
+# each clip's text cache row (`action_index`), and carry the cache in their params.
+CLIP_FAMILIES = ("d3dp", "finepose", "dsgdiffu")
 CLIPS = 8
 # Radar families: their own batch dict (past coarse poses, features, radar windows) and two
 # training stages (the phase-1 encoder, then the denoiser).
 RADAR_FAMILIES = ("mmdiff",)
 TRAIN_STEPS = ([(f, "denoiser") for f in FAMILIES + CLIP_FAMILIES + RADAR_FAMILIES]
                + [(f, "encoder") for f in RADAR_FAMILIES])
+# Compiling dominates the subprocess (~40 programs, 1-12 s each on 2 cores). Without LLVM's
+# optimisation passes and with XLA's older fusion emitters it takes a third of the time; the
+# comparisons check the partitioning, which happens before either.
+SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def predict_cases(family: str) -> list[str]:
+  """The sampler settings of `PREDICT_CASES` compared for a frame or radar family."""
+  return [c for c in sorted(PREDICT_CASES)
+          if c != "upstream" or family in UPSTREAM_PREDICT_FAMILIES]
 
 
 def _random_params(config, rng: np.random.Generator):
   """Parameters with the model's structure and arbitrary values (no init compile needed)."""
   import jax  # pylint: disable=g-import-not-at-top
   from posediff_jax import families  # pylint: disable=g-import-not-at-top
+  from posediff_jax.models import prompts  # pylint: disable=g-import-not-at-top
 
   family = families.get(config.family)
   shapes = jax.eval_shape(functools.partial(family.init_params, config), jax.random.key(0))
@@ -43,6 +59,8 @@ def _random_params(config, rng: np.random.Generator):
     if jax.tree_util.keystr(path).endswith("['A_hat']"):
       # A learnt adjacency stays positive: its column sums are raised to the power -1/2.
       return (np.eye(shape.shape[0]) + rng.uniform(0, 0.05, shape.shape)).astype(shape.dtype)
+    if jax.tree_util.keystr(path).endswith("['eot_index']"):
+      return rng.integers(0, prompts.CONTEXT_LENGTH, shape.shape).astype(shape.dtype)
     return rng.normal(scale=0.2, size=shape.shape).astype(shape.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
@@ -56,10 +74,17 @@ def _random_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
           "action": rng.integers(0, 15, BATCH).astype(np.int32)}
 
 
-def _random_clip_batch(rng: np.random.Generator, num_frames: int) -> dict[str, np.ndarray]:
+def _random_clip_batch(rng: np.random.Generator, config, params) -> dict[str, np.ndarray]:
+  """Clips [CLIPS, F, 17, C]; for a prompt family also `action_index` [CLIPS], mixed prompts."""
+  num_frames = config.model.num_frames
   target = rng.normal(scale=0.3, size=(CLIPS, num_frames, 17, 3)).astype(np.float32)
-  return {"input_2d": rng.uniform(-1, 1, (CLIPS, num_frames, 17, 2)).astype(np.float32),
-          "target_3d": target - target[:, :, :1]}
+  batch = {"input_2d": rng.uniform(-1, 1, (CLIPS, num_frames, 17, 2)).astype(np.float32),
+           "target_3d": target - target[:, :, :1]}
+  if "text_cache" in params:
+    # Different prompts per clip: upstream's text tiling mixes them across the batch's rows.
+    rows = params["text_cache"]["eot_index"].shape[0]
+    batch["action_index"] = rng.integers(0, rows, CLIPS).astype(np.int32)
+  return batch
 
 
 def _random_radar_batch(rng: np.random.Generator, config) -> dict[str, np.ndarray]:
@@ -104,29 +129,31 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str, radar_root: st
     if name in RADAR_FAMILIES:
       batch = _random_radar_batch(rng, config)
       sharded_batch = jax.device_put(batch, by_batch)
-      for case, overrides in PREDICT_CASES.items():
+      for case in predict_cases(name):
         # The whole phase-2 pipeline: hypotheses, every DDIM step, the radar neighbourhoods.
         sample = jax.jit(functools.partial(
-            family.predict, tiny_run.tiny_family_config(name, root, overrides)))
+            family.predict, tiny_run.tiny_family_config(name, root, PREDICT_CASES[case])))
         key = jax.random.key(7)
         save(f"{name}/predict/{case}/one", sample(params, batch, key))
         save(f"{name}/predict/{case}/all",
              sample(jax.device_put(params, replicated), sharded_batch, key))
     elif name in CLIP_FAMILIES:
-      batch = _random_clip_batch(rng, config.model.num_frames)
+      batch = _random_clip_batch(rng, config, params)
       sharded_batch = jax.device_put(batch, by_batch)
       # The whole sampler: every hypothesis, both flips, every step, with noise drawn from the key.
-      sample = jax.jit(functools.partial(family.sample, config))
+      sample = jax.jit(lambda params, batch, key: family.sample(
+          config, params, batch["input_2d"], key,
+          **({"action_index": batch["action_index"]} if "action_index" in batch else {})))
       key = jax.random.key(7)
-      save(f"{name}/predict/sampler/one", sample(params, batch["input_2d"], key))
+      save(f"{name}/predict/sampler/one", sample(params, batch, key))
       save(f"{name}/predict/sampler/all",
-           sample(jax.device_put(params, replicated), sharded_batch["input_2d"], key))
+           sample(jax.device_put(params, replicated), sharded_batch, key))
     else:
       batch = _random_batch(rng)
       sharded_batch = jax.device_put(batch, by_batch)
-      for case, overrides in PREDICT_CASES.items():
+      for case in predict_cases(name):
         predict = evaluation.make_predict_fn(
-            tiny_run.tiny_family_config(name, data_root, overrides))
+            tiny_run.tiny_family_config(name, data_root, PREDICT_CASES[case]))
         key = jax.random.key(7)
         save(f"{name}/predict/{case}/one", predict(params, batch["input_2d"], key))
         pred = predict(jax.device_put(params, replicated), sharded_batch["input_2d"], key)
@@ -138,12 +165,15 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str, radar_root: st
     optimizers = {stage: training.make_optimizer(config, stage, steps_per_epoch)
                   for stage in family.STAGES if stage in params}
     state = training.init_state(config, params, optimizers)
+    # Prompt families bind their text cache into the loss, as training does.
+    losses = (family.losses(params["text_cache"]) if "text_cache" in params
+              else family.LOSSES)
     # The denoiser's step draws per-sample timesteps, noise and dropout masks across the batch;
     # mmDiff's encoder step samples and groups points per sample.
     for family_name, stage in TRAIN_STEPS:
       if family_name != name:
         continue
-      step = training.make_train_step(config, stage, optimizers[stage], family.LOSSES[stage])
+      step = training.make_train_step(config, stage, optimizers[stage], losses[stage])
       save(f"{name}/step/{stage}/one", jax.jit(step)(state, batch))
       sharded_step = jax.jit(step, out_shardings=(replicated, replicated))
       save(f"{name}/step/{stage}/all",
@@ -156,9 +186,10 @@ def compute_on_one_and_all_devices(out_path: str, data_root: str, radar_root: st
       eval_config = tiny_run.tiny_family_config(
           name, root, {"mesh.data": mesh_sizes[0], "mesh.model": mesh_sizes[1],
                        "eval.batch_size": eval_batch.get(name, 64)})
-      # Clip families: 16 mini-batches = 2 calls of 8 (data 8) or 16 calls of 1 (data 1).
+      # Clip families: 9 mini-batches = 2 calls of 8 (data 8; the second holds 7 fillers) or 9
+      # calls of 1 (data 1).
       table = evaluation.evaluate(eval_config, params, test,
-                                  max_batches=16 if name in CLIP_FAMILIES else 3, progress=False)
+                                  max_batches=9 if name in CLIP_FAMILIES else 3, progress=False)
       out[f"{name}/eval/{layout}"] = np.array(table.averages())
   np.savez(out_path, **out)
 
@@ -171,7 +202,7 @@ def results(tmp_path_factory):
   code = ("from tests import test_sharding; "
           f"test_sharding.compute_on_one_and_all_devices({str(out)!r}, {str(data)!r}, "
           f"{str(radar)!r})")
-  tiny_run.python(["-c", code], devices=NUM_DEVICES,
+  tiny_run.python(["-c", code], devices=NUM_DEVICES, xla_flags=SUBPROCESS_XLA_FLAGS,
                   cache_dir=tiny_run.session_dir(tmp_path_factory, "xla_cache"))
   with np.load(out) as f:
     return dict(f)
@@ -185,8 +216,7 @@ def _pairs(results, prefix):
   return {name: (one[name], every[name]) for name in one}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("case", sorted(PREDICT_CASES))
+@pytest.mark.parametrize("family,case", [(f, c) for f in FAMILIES for c in predict_cases(f)])
 def test_predict_with_sharded_batch_matches_one_device(results, family, case):
   ((one, every),) = _pairs(results, f"{family}/predict/{case}").values()
   assert one.shape == (BATCH, 17, 3) and np.all(np.isfinite(one))
@@ -211,8 +241,8 @@ def test_clip_sampler_with_sharded_batch_matches_one_device(results, family):
   np.testing.assert_allclose(every, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
 
 
-@pytest.mark.parametrize("family", RADAR_FAMILIES)
-@pytest.mark.parametrize("case", sorted(PREDICT_CASES))
+@pytest.mark.parametrize("family,case",
+                         [(f, c) for f in RADAR_FAMILIES for c in predict_cases(f)])
 def test_radar_pipeline_with_sharded_batch_matches_one_device(results, family, case):
   ((one, every),) = _pairs(results, f"{family}/predict/{case}").values()
   assert one.shape == (BATCH, 17, 3) and np.all(np.isfinite(one))

@@ -84,6 +84,10 @@ FAMILY_OVERRIDES = {
                "train.batch_size": 8, "train.log_every": 1, "train.checkpoint_every": 2,
                "eval.batch_size": 16, "eval.encoder_batch_size": 16, "eval.cpu_chunk_size": 0},
 }
+# FinePOSE and DSGDiffu: D3DP's tiny sizes and a tiny text branch (CLIP width = embed_dim).
+_TEXT_TINY = {"model.text_width": 16, "model.text_layers": 1, "model.text_ff_dim": 32}
+FAMILY_OVERRIDES.update({f: {**FAMILY_OVERRIDES["d3dp"], **_TEXT_TINY}
+                         for f in ("finepose", "dsgdiffu")})
 # Frames per sequence of the tiny radar set: 4 training sequences, 7 test scenes of one sequence.
 RADAR_FRAMES_PER_SEQUENCE = 12
 
@@ -117,14 +121,15 @@ def tiny_family_config(family: str, data_root, overrides: dict | None = None):
   return config
 
 
-def python(args: list[str], *, cache_dir, devices: int | None = None, timeout: float = 600,
-           check: bool = True) -> subprocess.CompletedProcess:
+def python(args: list[str], *, cache_dir, devices: int | None = None, xla_flags: str = "",
+           timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
   """Runs `python ARGS` in the repository root on CPU, sharing the XLA compilation cache.
 
   Args:
     args: the interpreter's arguments, e.g. ["train.py", "--config", ...] or ["-c", code].
     cache_dir: the persistent compilation cache folder (see the module docstring).
     devices: simulate this many CPU devices (`--xla_force_host_platform_device_count`).
+    xla_flags: more `XLA_FLAGS` for this process, e.g. "--xla_backend_optimization_level=0".
     timeout: seconds before the process is killed and the test fails.
     check: fail the test, showing stdout and stderr, unless the process exits with status 0.
 
@@ -135,9 +140,11 @@ def python(args: list[str], *, cache_dir, devices: int | None = None, timeout: f
   env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  flags = [env.get("XLA_FLAGS", ""), xla_flags]
   if devices is not None:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                        + f" --xla_force_host_platform_device_count={devices}").strip()
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  if any(flags):
+    env["XLA_FLAGS"] = " ".join(f for f in flags if f)
   proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout, check=False)
   if check and proc.returncode != 0:
