@@ -7,13 +7,13 @@ One evaluation mini-batch at the README settings (configs/finepose_h36m.py, dsgd
 clips, H=20 hypotheses, K=10 DDIM steps, flip TTA) is 2 x K = 20 denoiser calls, each over clips x H
 rows of 243 frames x 17 joints: minutes per call on a 2-core CPU. So this times ONE call, jitted
 (compile time reported apart), of the network function the sampler uses (`finepose._eval_apply`,
-prompts bound), on one flip direction of the first step, at that shape (the sampler runs a step's
-plain and mirrored calls vmapped in one program): random weights at the released sizes (MixSTE
-dim 512, depth 8; text branch 4 layers of width 512), a random text cache, and every clip with one
-prompt, as in an evaluation mini-batch (one video). The output frames/s of a whole evaluation are
-derived from the measured call: clips x 243 / (2 x K x s per call). For bfloat16 compute
-(eval.compute_dtype) it reports how far its x0 lands from float32's (same weights, same inputs).
-Rewrites its section of docs/benchmarks.md. At 4 x 20 rows a call needs ~12 GB of memory.
+prompts bound, eval.cpu_chunk_size rows per pass on CPU), on one flip direction of the first step,
+at that shape (the sampler runs a step's plain and mirrored calls in one program): random weights
+at the released sizes (MixSTE dim 512, depth 8; text branch 4 layers of width 512), a random text
+cache, and every clip with one prompt, as in an evaluation mini-batch (one video). The output
+frames/s of a whole evaluation are derived from the measured call: clips x 243 / (2 x K x s per
+call). For bfloat16 compute (eval.compute_dtype) it reports how far its x0 lands from float32's
+(same weights, same inputs). Rewrites its section of docs/benchmarks.md.
 """
 
 import argparse

@@ -74,7 +74,6 @@ def get_config(arg=None):
   c.eval.compute_dtype = "float32"
   # On CPU each denoiser pass takes this many of a call's clip-hypothesis rows (cache-sized
   # matmuls, ~1.2-1.4x faster per row than 4 at once); 0 = all rows. Other backends: all rows.
-  # FinePOSE/DSGDiffu always pass all rows (their text cross-attention couples the rows).
   c.eval.cpu_chunk_size = 1
   c.eval.use_ema = False
 

@@ -94,12 +94,17 @@ def test_graph_attention_matches_an_edge_list_reference():
   # Repeated edges count twice in PyG's softmax; nodes past the graph only see themselves.
   edges = ((0, 0), (1, 0), (2, 0), (0, 1), (1, 2), (1, 2), (3, 1))
   gat = dsgdiffu_models.GraphAttention(features=6, edges=edges)
-  x = rng.normal(size=(7, 6)).astype(np.float32)
-  variables = gat.init(jax.random.PRNGKey(0), x)
+  # Two node matrices: the graph acts on the flagged one; the other only sees itself.
+  x = rng.normal(size=(2, 7, 6)).astype(np.float32)
+  mix = np.array([True, False])
+  variables = gat.init(jax.random.PRNGKey(0), x, mix)
   p = jax.tree.map(np.asarray, variables["params"])
   p["bias"] = rng.normal(size=6).astype(np.float32)
-  expected = _gat_reference(x.astype(np.float64), p["lin"]["kernel"], p["att_src"][0, 0],
+  expected = _gat_reference(x[0].astype(np.float64), p["lin"]["kernel"], p["att_src"][0, 0],
                             p["att_dst"][0, 0], p["bias"], edges)
-  np.testing.assert_allclose(gat.apply({"params": p}, x), expected, rtol=1e-5, atol=1e-6)
+  out = gat.apply({"params": p}, x, mix)
+  np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out[1], x[1] @ p["lin"]["kernel"] + p["bias"], rtol=1e-5,
+                             atol=1e-6)
   with pytest.raises(ValueError, match="name 4 nodes"):
-    gat.apply({"params": p}, x[:3])
+    gat.apply({"params": p}, x[:, :3], mix)

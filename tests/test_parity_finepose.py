@@ -212,32 +212,47 @@ def test_text_tiling_quirk_and_its_corrected_variant(config, params, io, text):
 def test_upstream_tiling_reads_the_prompt_of_row_mod_b():
   """Temporal row r = n·J + j of b clips attends to prompt r mod b; per_clip to its own."""
   clips, per_clip, joints, frames, width, length = 2, 3, 5, 4, 8, 6
+  rows = clips * per_clip
+  style_clip, upstream_clip = finepose_models.text_rows(rows, clips, joints, "upstream")
+  n, j = np.meshgrid(np.arange(rows), np.arange(joints), indexing="ij")
+  np.testing.assert_array_equal(upstream_clip, (n * joints + j) % clips)
+  np.testing.assert_array_equal(style_clip, np.arange(rows) // per_clip)
+  own_clip = finepose_models.text_rows(rows, clips, joints, "per_clip")[1]
+  np.testing.assert_array_equal(own_clip, n // per_clip)
+  with pytest.raises(ValueError, match="b x R rows"):
+    finepose_models.text_rows(rows + 1, clips, joints, "upstream")
+
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(clips * per_clip, joints, frames, width)).astype(np.float32)
+  x = rng.normal(size=(rows, joints, frames, width)).astype(np.float32)
   texts = rng.normal(size=(clips, length, width)).astype(np.float32)
-  style = rng.normal(size=(clips * per_clip, width)).astype(np.float32)
-  upstream = finepose_models.TemporalCrossAttention(width, num_heads=2)
-  variables = upstream.init(jax.random.PRNGKey(0), x, texts, style)
+  style = rng.normal(size=(rows, width)).astype(np.float32)
+  first_row = np.arange(rows) == 0
+  attention = finepose_models.TemporalCrossAttention(width, num_heads=2)
+  variables = attention.init(jax.random.PRNGKey(0), x, texts, style, upstream_clip, first_row)
   variables = jax.tree.map(lambda v: v + 0.1 * rng.normal(size=v.shape).astype(v.dtype),
                            variables)  # out_layers_2 starts at zero
-  own = finepose_models.TemporalCrossAttention(width, num_heads=2, text_tiling="per_clip")
-  # Reference: every temporal row as its own clip, given the prompt upstream's tiling picks.
-  rows = np.arange(x.shape[0] * joints)
-  reference = own.apply(variables, x.reshape(-1, 1, frames, width), texts[rows % clips],
-                        np.repeat(style, joints, axis=0)).reshape(x.shape)
-  np.testing.assert_allclose(upstream.apply(variables, x, texts, style), reference, rtol=1e-5,
-                             atol=1e-6)
-  reference = own.apply(variables, x.reshape(-1, 1, frames, width),
-                        texts[rows // (per_clip * joints)], np.repeat(style, joints, axis=0))
-  np.testing.assert_allclose(own.apply(variables, x, texts, style), reference.reshape(x.shape),
-                             rtol=1e-5, atol=1e-6)
+  for text_clip in (upstream_clip, own_clip):
+    # Reference: every temporal row as a call of its own, given the prompt of its index.
+    reference = attention.apply(
+        variables, x.reshape(-1, 1, frames, width), texts[text_clip.reshape(-1)],
+        np.repeat(style, joints, axis=0), np.arange(rows * joints)[:, None],
+        np.ones(rows * joints, bool))
+    np.testing.assert_allclose(
+        attention.apply(variables, x, texts, style, text_clip, first_row),
+        reference.reshape(x.shape), rtol=1e-5, atol=1e-6)
   # One prompt for every clip (every Human3.6M evaluation batch): both tilings agree.
   same = np.repeat(texts[:1], clips, axis=0)
-  np.testing.assert_allclose(upstream.apply(variables, x, same, style),
-                             own.apply(variables, x, same, style), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(attention.apply(variables, x, same, style, upstream_clip, first_row),
+                             attention.apply(variables, x, same, style, own_clip, first_row),
+                             rtol=1e-6, atol=1e-6)
 
 
-def test_flip_and_model_predictions_fliping(config, params, io, text):
+@pytest.mark.parametrize("chunk", [1, 3, 0])
+def test_flip_and_model_predictions_fliping(config, params, io, text, chunk):
+  """Any number of rows per pass (eval.cpu_chunk_size) gives upstream's two calls (3 rows: a
+  chunk also holds rows of the mirrored call, whose row 0 is in mid-chunk)."""
+  config = config.copy_and_resolve_references()
+  config.eval.cpu_chunk_size = chunk
   x_start, pred_noise = jax.jit(
       lambda p, x, x2, t, f, e: finepose.denoise_flip(config, p, x, x2, t, clip_features=f,
                                                       eot_index=e))(

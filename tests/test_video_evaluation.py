@@ -85,9 +85,6 @@ def test_3dhp_predictions_are_stitched_per_sequence_and_scored_on_valid_frames(t
   assert result.averages()[0] == pytest.approx(result.sequences["J_Agg"].paper_mpjpe)
 
 
-_TEXT_TINY = {"model.text_width": 16, "model.text_layers": 1, "model.text_ff_dim": 32}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["d3dp", "finepose", "dsgdiffu"])
 def test_train_cli_trains_and_evaluates_a_tiny_clip_model(tmp_path, monkeypatch, family):
@@ -97,10 +94,10 @@ def test_train_cli_trains_and_evaluates_a_tiny_clip_model(tmp_path, monkeypatch,
 
   monkeypatch.undo()  # the real sampler, in a fresh interpreter
   synthetic.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
-  overrides = {**tiny_run.FAMILY_OVERRIDES["d3dp"], "data.root": tmp_path / "data",
+  overrides = {**tiny_run.FAMILY_OVERRIDES[family], "data.root": tmp_path / "data",
                "data.test_subjects": "('S9',)", "train.steps": 3, "train.eval_every": 2,
                "train.eval_max_batches": 2, "sampling.num_hypotheses": 2,
-               "sampling.num_steps": 2, **(_TEXT_TINY if family != "d3dp" else {})}
+               "sampling.num_steps": 2}
   # Prompt families train on a batch of clips from mixed actions: each gets its own prompt row.
   proc = tiny_run.python([
       "train.py", f"--config=configs/{family}_h36m.py:gt", f"--workdir={tmp_path / 'run'}",
@@ -123,7 +120,7 @@ def test_training_starts_from_a_checkpoints_text_cache(tmp_path, monkeypatch):
   monkeypatch.undo()
   synthetic.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
   config = finepose_h36m.get_config("gt")
-  for dotted, value in {**tiny_run.FAMILY_OVERRIDES["d3dp"], **_TEXT_TINY,
+  for dotted, value in {**tiny_run.FAMILY_OVERRIDES["finepose"],
                         "data.root": str(tmp_path / "data"), "train.steps": 1,
                         "train.final_eval": False}.items():
     section, field = dotted.split(".")

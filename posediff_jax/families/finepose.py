@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posediff_jax import chunking
 from posediff_jax import safe_load
 from posediff_jax.convert import common as convert_common
 from posediff_jax.convert import finepose as convert_finepose
@@ -194,29 +195,47 @@ def select_text(text_cache, batch_size: int, *, action_index=None, clip_features
           jnp.asarray(text_cache["eot_index"])[action_index])
 
 
-def denoiser_apply(config, denoiser_params, clip_features, eot_index, dtype=None
+def denoiser_apply(config, denoiser_params, clip_features, eot_index, dtype=None, rows=0
                    ) -> d3dp.DenoiserApply:
   """The network as a `d3dp.DenoiserApply`, with the B clips' prompts bound.
 
-  Each group is its own model call (vmapped), as upstream's separate plain and mirrored passes.
+  Each group is its own model call, as upstream's separate plain and mirrored passes: in training
+  the groups are vmapped; a deterministic pass encodes the text once and then runs the rows of all
+  groups `rows` at a time (`prepare_text` / `denoise_rows`), with every row carrying its group's
+  text indices, so the result is the same.
 
   Args:
     config: the experiment config.
     denoiser_params: params['denoiser'].
     clip_features: [B, L, W] and eot_index: [B], the prompt of each clip (`select_text`).
     dtype: compute dtype (None = float32).
+    rows: rows per deterministic pass (`chunking.map_rows`; 0 = all rows in one pass).
   """
   model = denoiser_module(config, dtype)
+  variables = {"params": denoiser_params}
 
   def one_call(rows_2d, rows_x, rows_t, deterministic, rngs):
-    return model.apply({"params": denoiser_params}, rows_2d, rows_x, rows_t, clip_features,
-                       eot_index, deterministic=deterministic, rngs=rngs)
+    return model.apply(variables, rows_2d, rows_x, rows_t, clip_features, eot_index,
+                       deterministic=deterministic, rngs=rngs)
+
+  def row_pass(rows_2d, rows_x, rows_t, text):
+    return model.apply(variables, rows_2d, rows_x, rows_t, method="denoise_rows", **text)
 
   def apply(rows_2d, rows_x, rows_t, deterministic=True, rngs=None):
-    if rows_x.shape[0] == 1:
-      return one_call(rows_2d[0], rows_x[0], rows_t[0], deterministic, rngs)[None]
-    return jax.vmap(lambda a, b, c: one_call(a, b, c, deterministic, rngs))(
-        rows_2d, rows_x, rows_t)
+    if not deterministic:
+      return jax.vmap(lambda a, b, c: one_call(a, b, c, False, rngs))(rows_2d, rows_x, rows_t)
+    groups, num = rows_x.shape[:2]
+    text = model.apply(variables, rows_2d[0], rows_x[0], rows_t[0], clip_features, eot_index,
+                       method="prepare_text")
+    xf_out = text.pop("xf_out")
+    del text["t"]  # each group's own timesteps come from rows_t
+    # Every group is a call of its own: the same text indices, and its own row 0.
+    per_row = jax.tree.map(lambda v: jnp.concatenate([v] * groups), text)
+    merge = lambda a: a.reshape((groups * num,) + a.shape[2:])
+    out = chunking.map_rows(
+        lambda r2, rx, rt, per: row_pass(r2, rx, rt, dict(per, xf_out=xf_out)), rows,
+        merge(rows_2d), merge(rows_x), merge(rows_t), per_row)
+    return out.reshape((groups, num) + out.shape[1:])
 
   return apply
 
@@ -225,7 +244,8 @@ def _eval_apply(config, params, batch_size, action_index, clip_features, eot_ind
   _check_params(params)
   features, eot = select_text(params.get("text_cache"), batch_size, action_index=action_index,
                               clip_features=clip_features, eot_index=eot_index)
-  return denoiser_apply(config, params["denoiser"], features, eot, config.eval.compute_dtype)
+  return denoiser_apply(config, params["denoiser"], features, eot, config.eval.compute_dtype,
+                        chunking.chunk_rows(config))
 
 
 def denoise_flip(config, params, x, input_2d, t, *, action_index=None, clip_features=None,

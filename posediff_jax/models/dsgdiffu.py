@@ -13,7 +13,9 @@ How the graph is applied (upstream behaviour, reproduced): the tokens are flatte
 matrix and the skeleton's edge list only names node ids 0..16. In `ste_gat` (spatial layout
 [N, F, J, C]) those are the 17 joints of frame 0 of row 0; in the cross-attention (temporal layout
 [N, J, F, C]) they are frames 0..16 of joint 0 of row 0 (F < 17: running on into joint 1). Every
-other node only has its self-loop, so it gets lin(x) + bias.
+other node only has its self-loop, so it gets lin(x) + bias. Here each row is its own node matrix
+and the graph acts on the rows flagged `first_row` (the call's row 0), so that a call can also
+run a few rows at a time (see `models/finepose.py`).
 """
 
 from typing import Any
@@ -82,8 +84,9 @@ class GraphAttention(nn.Module):
     return counts
 
   @nn.compact
-  def __call__(self, nodes: jax.Array) -> jax.Array:
-    """Maps [M, C] node features to [M, C]; the edges act on nodes 0..V-1 (M >= V)."""
+  def __call__(self, nodes: jax.Array, mix: jax.Array) -> jax.Array:
+    """Maps R node matrices [R, M, C] to [R, M, C]; the edges act on nodes 0..V-1 (M >= V) of
+    the matrices whose flag in `mix` [R] (bool) is set, the others get lin(x) + bias."""
     glorot = nn.initializers.glorot_uniform()
     z = nn.Dense(self.features, use_bias=False, dtype=self.dtype, kernel_init=glorot,
                  name="lin")(nodes)
@@ -92,24 +95,26 @@ class GraphAttention(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     counts = self._edge_counts()
     num_graph = counts.shape[0]
-    if nodes.shape[0] < num_graph:
-      raise ValueError(f"GraphAttention: the edges name {num_graph} nodes but only "
-                       f"{nodes.shape[0]} were given")
-    graph = z[:num_graph].astype(jnp.float32)
+    if nodes.shape[1] < num_graph:
+      raise ValueError(f"GraphAttention: the edges name {num_graph} nodes but each row has only "
+                       f"{nodes.shape[1]}")
+    graph = z[:, :num_graph].astype(jnp.float32)  # [R, V, C]
     score_src = graph @ att_src[0, 0].astype(jnp.float32)
     score_dst = graph @ att_dst[0, 0].astype(jnp.float32)
-    logits = nn.leaky_relu(score_dst[:, None] + score_src[None, :], negative_slope=0.2)
+    logits = nn.leaky_relu(score_dst[:, :, None] + score_src[:, None, :], negative_slope=0.2)
     logits = jnp.where(counts > 0, logits, -jnp.inf)
     # A repeated edge counts once per copy in PyG's softmax, hence the multiplicities.
-    weights = counts * jnp.exp(logits - jnp.max(logits, axis=1, keepdims=True))
-    weights = weights / jnp.sum(weights, axis=1, keepdims=True)
-    mixed = (weights @ graph).astype(z.dtype)
-    return z.at[:num_graph].set(mixed) + bias.astype(z.dtype)
+    weights = counts * jnp.exp(logits - jnp.max(logits, axis=2, keepdims=True))
+    weights = weights / jnp.sum(weights, axis=2, keepdims=True)
+    mixed = jnp.where(mix[:, None, None], (weights @ graph).astype(z.dtype), z[:, :num_graph])
+    return z.at[:, :num_graph].set(mixed) + bias.astype(z.dtype)
 
 
-def graph_over_tokens(gat: GraphAttention, tokens: jax.Array) -> jax.Array:
-  """Applies `gat` to tokens [..., C] flattened to one node matrix, row-major; same shape back."""
-  return gat(tokens.reshape(-1, tokens.shape[-1])).reshape(tokens.shape)
+def graph_over_tokens(gat: GraphAttention, tokens: jax.Array, first_row: jax.Array) -> jax.Array:
+  """Applies `gat` to tokens [N, ..., C], each row flattened to a node matrix and the graph on the
+  rows where `first_row` [N] is set; same shape back."""
+  rows, width = tokens.shape[0], tokens.shape[-1]
+  return gat(tokens.reshape(rows, -1, width), first_row).reshape(tokens.shape)
 
 
 class GraphTemporalCrossAttention(finepose.TemporalCrossAttention):
@@ -125,10 +130,12 @@ class GraphTemporalCrossAttention(finepose.TemporalCrossAttention):
     super().setup()
     self.gat = GraphAttention(self.features, self.graph_edges, self.dtype)
 
-  def __call__(self, x: jax.Array, xf_out: jax.Array, style: jax.Array) -> jax.Array:
-    """[N, J, F, C], [b, L, W], [N, C] -> [N, J, F, C]."""
+  def __call__(self, x: jax.Array, xf_out: jax.Array, style: jax.Array, text_clip: jax.Array,
+               first_row: jax.Array) -> jax.Array:
+    """[N, J, F, C], [b, L, W], [N, C], [N, J], [N] -> [N, J, F, C]."""
     # Upstream quirk (spec §11.3): the skeleton edges land on nodes 0..16 of the flattened tokens.
-    return graph_over_tokens(self.gat, x) + self.attend(x, xf_out, style)
+    return (graph_over_tokens(self.gat, x, first_row)
+            + self.attend(x, xf_out, style, text_clip))
 
 
 class DsgDiffuDenoiser(finepose.FinePoseDenoiser):
@@ -148,12 +155,13 @@ class DsgDiffuDenoiser(finepose.FinePoseDenoiser):
     return GraphTemporalCrossAttention(self.embed_dim, self.num_heads, self.text_tiling,
                                        self.dtype, graph_edges=self.graph_edges)
 
-  def first_spatial_stage(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    """`ste_gat` + the shared spatial norm on [N, F, J, C]."""
+  def first_spatial_stage(self, x: jax.Array, first_row: jax.Array,
+                          deterministic: bool = True) -> jax.Array:
+    """`ste_gat` + the shared spatial norm on [N, F, J, C]; first_row [N] bool."""
     if self.is_initializing():
       # Upstream quirk (spec §11.4): STEblocks.0 exists (and is saved) but is never run.
       self.spatial_blocks[0](x, deterministic)
-    return self.spatial_norm(graph_over_tokens(self.ste_gat, x))
+    return self.spatial_norm(graph_over_tokens(self.ste_gat, x, first_row))
 
 
 def denoiser_from_config(model_config, dtype=None) -> DsgDiffuDenoiser:

@@ -23,6 +23,11 @@ r = n·J + j attends to the text of clip r mod b, not of its own clip n // R ("u
 default, needed for checkpoint parity). "per_clip" uses each row's own clip. The two agree when
 all clips of a call share one prompt (every Human3.6M evaluation batch: one video).
 
+Rows apart (`prepare_text`, `denoise_rows`). Given the encoded text, every row is independent once
+it carries its own text indices (`text_rows`) and a flag for the call's row 0 (DSGDiffu's graph
+acts there only). So a call can run a few rows at a time (`chunking.map_rows`), which is faster on
+CPU, with the same result as `__call__`.
+
 Parameter names (torch key under `pose_estimator.` in brackets), besides MixSTEDenoiser's:
 `text_encoder_layers_i/{self_attn/attn_qkv, self_attn/attn_proj, linear1, linear2, norm1, norm2}`
 [textTransEncoder.layers.i.{self_attn.in_proj_*, self_attn.out_proj, linear1, linear2, norm1,
@@ -36,6 +41,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from posediff_jax.models import d3dp
 from posediff_jax.models import transformer
@@ -127,13 +133,15 @@ class TemporalCrossAttention(nn.Module):
     self.value = transformer.Dense(c, dtype=dtype)
     self.proj_out = StylizationBlock(c, dtype=dtype)
 
-  def attend(self, x: jax.Array, xf_out: jax.Array, style: jax.Array) -> jax.Array:
+  def attend(self, x: jax.Array, xf_out: jax.Array, style: jax.Array,
+             text_clip: jax.Array) -> jax.Array:
     """The stylized cross-attention branch alone.
 
     Args:
-      x: [N, J, F, C] temporal-layout tokens, N = b x R rows (clip-major).
+      x: [N, J, F, C] temporal-layout tokens.
       xf_out: [b, L, W] encoded text of the b clips.
       style: [N, C] the style vector of every row.
+      text_clip: [N, J] int, the clip of xf_out that each (row, joint) reads (`text_rows`).
 
     Returns:
       [N, J, F, C].
@@ -143,27 +151,42 @@ class TemporalCrossAttention(nn.Module):
     heads = self.num_heads
     head_dim = width // heads
     text = self.text_norm(xf_out)
-    key = self.key(text).reshape(clips, length, heads, head_dim)
-    value = self.value(text).reshape(clips, length, heads, head_dim)
-    query = self.query(self.norm(x))
-    if self.text_tiling == "upstream":
-      # Upstream quirk: texts tiled over the (clip, hypothesis, joint) rows, row r reads r mod b.
-      query = query.reshape(rows * joints // clips, clips, frames, heads, head_dim)
-      logits = jnp.einsum("rcfhd,cmhd->rcfhm", query, key)
-    else:
-      query = query.reshape(clips, rows * joints // clips, frames, heads, head_dim)
-      logits = jnp.einsum("crfhd,cmhd->crfhm", query, key)
+    # Keys and values once per clip, then each (row, joint) takes its clip's: [N, J, L, H, D].
+    key = self.key(text).reshape(clips, length, heads, head_dim)[text_clip]
+    value = self.value(text).reshape(clips, length, heads, head_dim)[text_clip]
+    query = self.query(self.norm(x)).reshape(rows, joints, frames, heads, head_dim)
+    logits = jnp.einsum("njfhd,njmhd->njfhm", query, key)
     probs = jax.nn.softmax(logits.astype(jnp.float32) * head_dim**-0.5, axis=-1)
-    probs = probs.astype(value.dtype)
-    if self.text_tiling == "upstream":
-      attended = jnp.einsum("rcfhm,cmhd->rcfhd", probs, value)
-    else:
-      attended = jnp.einsum("crfhm,cmhd->crfhd", probs, value)
+    attended = jnp.einsum("njfhm,njmhd->njfhd", probs.astype(value.dtype), value)
     return self.proj_out(attended.reshape(x.shape), style)
 
-  def __call__(self, x: jax.Array, xf_out: jax.Array, style: jax.Array) -> jax.Array:
-    """[N, J, F, C], [b, L, W], [N, C] -> x + the stylized cross-attention, [N, J, F, C]."""
-    return x + self.attend(x, xf_out, style)
+  def __call__(self, x: jax.Array, xf_out: jax.Array, style: jax.Array, text_clip: jax.Array,
+               first_row: jax.Array) -> jax.Array:
+    """x [N, J, F, C] + the stylized cross-attention (args as `attend`; `first_row` [N] bool is
+    for DSGDiffu's graph and unused here) -> [N, J, F, C]."""
+    del first_row
+    return x + self.attend(x, xf_out, style, text_clip)
+
+
+def text_rows(rows: int, clips: int, joints: int, tiling: str) -> tuple[np.ndarray, np.ndarray]:
+  """Which clip's text each row of a call reads, for N = `rows` rows of b = `clips` clips.
+
+  Returns:
+    style_clip [N] (the clip whose `xf_proj` styles row n: its own, n // R) and text_clip [N, J]
+    (the clip whose tokens joint j of row n attends to in the cross-attention), int32.
+  """
+  if clips < 1 or rows % clips:
+    raise ValueError(f"text_rows: {rows} rows are not b x R rows for b={clips} clips")
+  row = np.arange(rows)[:, None]
+  style_clip = row[:, 0] // (rows // clips)
+  if tiling == "upstream":
+    # Upstream quirk: texts tiled over the (clip, hypothesis, joint) rows, row r reads r mod b.
+    text_clip = (row * joints + np.arange(joints)) % clips
+  elif tiling == "per_clip":
+    text_clip = np.broadcast_to(style_clip[:, None], (rows, joints))
+  else:
+    raise ValueError(f"text_tiling must be one of {TEXT_TILINGS}, got {tiling!r}")
+  return style_clip.astype(np.int32), np.ascontiguousarray(text_clip, np.int32)
 
 
 class FinePoseDenoiser(d3dp.MixSTEDenoiser):
@@ -224,9 +247,55 @@ class FinePoseDenoiser(d3dp.MixSTEDenoiser):
     summary = xf_out[jnp.arange(xf_out.shape[0]), eot_index]
     return xf_out, self.text_proj(summary)
 
-  def first_spatial_stage(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    """Spatial stage 0 on [N, F, J, C] (DSGDiffu replaces it)."""
+  def first_spatial_stage(self, x: jax.Array, first_row: jax.Array,
+                          deterministic: bool = True) -> jax.Array:
+    """Spatial stage 0 on [N, F, J, C] (DSGDiffu replaces it; `first_row` is for its graph)."""
+    del first_row
     return self.spatial_stage(0, x, deterministic)
+
+  def prepare_text(self, input_2d: jax.Array, noisy_3d: jax.Array, t: jax.Array,
+                   clip_features: jax.Array, eot_index: jax.Array) -> dict:
+    """Checks a call's inputs and encodes its prompts once: what `denoise_rows` takes.
+
+    Args: as `__call__`.
+
+    Returns:
+      {'t' [N], 'xf_out' [b, L, W], 'row_text' [N, C] (each row's `xf_proj`), 'text_clip'
+      [N, J] and 'first_row' [N] bool (True for row 0 only)}.
+    """
+    t = self.check_inputs(input_2d, noisy_3d, t)
+    eot_index = jnp.asarray(eot_index)
+    self.check_text(input_2d, clip_features, eot_index)
+    xf_out, xf_proj = self.encode_text(clip_features, eot_index)
+    rows, clips = input_2d.shape[0], clip_features.shape[0]
+    style_clip, text_clip = text_rows(rows, clips, self.num_joints, self.text_tiling)
+    return {"t": t, "xf_out": xf_out, "row_text": xf_proj[style_clip],
+            "text_clip": jnp.asarray(text_clip), "first_row": jnp.arange(rows) == 0}
+
+  def denoise_rows(self, input_2d: jax.Array, noisy_3d: jax.Array, t: jax.Array,
+                   xf_out: jax.Array, row_text: jax.Array, text_clip: jax.Array,
+                   first_row: jax.Array, deterministic: bool = True) -> jax.Array:
+    """The network after the text encoder; row n depends only on row n of every [N, ...] input.
+
+    Args:
+      input_2d: [N, F, J, 2]; noisy_3d: [N, F, J, 3]; t: [N] (as `__call__`, already checked).
+      xf_out: [b, L, W] the encoded text of the call's b clips.
+      row_text: [N, C] each row's `xf_proj`; text_clip: [N, J]; first_row: [N] bool
+        (`prepare_text`).
+      deterministic: False turns on stochastic depth (rng stream 'dropout').
+
+    Returns:
+      x0 [N, F, J, 3] in scaled units, float32.
+    """
+    style = self.time_embedding(t) + row_text
+    x = self.embed(input_2d, noisy_3d, style)
+    x = transformer.spatial_to_temporal(self.first_spatial_stage(x, first_row, deterministic))
+    x = self.temporal_cross_attn(x, xf_out, style.astype(x.dtype), text_clip, first_row)
+    x = transformer.temporal_to_spatial(self.temporal_stage(0, x, deterministic))
+    for i in range(1, self.depth):
+      x = transformer.spatial_to_temporal(self.spatial_stage(i, x, deterministic))
+      x = transformer.temporal_to_spatial(self.temporal_stage(i, x, deterministic))
+    return self.predict_head(x)
 
   def __call__(self, input_2d: jax.Array, noisy_3d: jax.Array, t: jax.Array,
                clip_features: jax.Array, eot_index: jax.Array,
@@ -244,18 +313,8 @@ class FinePoseDenoiser(d3dp.MixSTEDenoiser):
     Returns:
       x0 [N, F, J, 3] in scaled units, float32.
     """
-    t = self.check_inputs(input_2d, noisy_3d, t)
-    rows_per_clip = self.check_text(input_2d, clip_features, jnp.asarray(eot_index))
-    xf_out, xf_proj = self.encode_text(clip_features, jnp.asarray(eot_index))
-    style = self.time_embedding(t) + jnp.repeat(xf_proj, rows_per_clip, axis=0)
-    x = self.embed(input_2d, noisy_3d, style)
-    x = transformer.spatial_to_temporal(self.first_spatial_stage(x, deterministic))
-    x = self.temporal_cross_attn(x, xf_out, style.astype(x.dtype))
-    x = transformer.temporal_to_spatial(self.temporal_stage(0, x, deterministic))
-    for i in range(1, self.depth):
-      x = transformer.spatial_to_temporal(self.spatial_stage(i, x, deterministic))
-      x = transformer.temporal_to_spatial(self.temporal_stage(i, x, deterministic))
-    return self.predict_head(x)
+    text = self.prepare_text(input_2d, noisy_3d, t, clip_features, eot_index)
+    return self.denoise_rows(input_2d, noisy_3d, deterministic=deterministic, **text)
 
 
 def config_getter(model_config):
