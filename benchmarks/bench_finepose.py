@@ -89,7 +89,12 @@ def measure(config, params, inputs, repeats):
   compile_s = time.perf_counter() - t0
   out = jax.block_until_ready(compiled(params, *inputs))  # warm-up
   sec = common.median_seconds(lambda: compiled(params, *inputs), repeats)
-  return compile_s, sec, xla_gflop(compiled), np.asarray(out, np.float32)
+  # XLA counts a loop body once, so the FLOPs come from the same call in one pass (compiled only).
+  whole = config.copy_and_resolve_references()
+  whole.eval.cpu_chunk_size = 0
+  gflop = xla_gflop(jax.jit(functools.partial(denoiser_call, whole)).lower(params, *inputs)
+                    .compile())
+  return compile_s, sec, gflop, np.asarray(out, np.float32)
 
 
 def main():
@@ -143,10 +148,13 @@ def main():
            f"Command: `python benchmarks/bench_finepose.py {' '.join(sys.argv[1:])}`".rstrip()
            + f" (median of {args.repeats} call(s) after a warm-up; random weights and text cache, "
            f"full config: dim 512, depth 8, text branch 4 x 512; one call = {c} clips x {h} "
-           f"hypotheses = {c * h} rows of 243 frames, one flip direction).", "",
+           f"hypotheses = {c * h} rows of 243 frames, one flip direction, "
+           f"{CONFIGS[names[0]].get_config('cpn').eval.cpu_chunk_size} row(s) per pass as "
+           "eval.cpu_chunk_size sets on CPU).", "",
            f"A whole evaluation mini-batch is {calls} such calls (every DDIM step, both flips); it "
            "was not run. The frames/s column is derived from the measured call: "
-           f"{c} x 243 output frames / ({calls} x s per call).", "",
+           f"{c} x 243 output frames / ({calls} x s per call). DSGDiffu runs one transformer "
+           "block fewer than FinePOSE (its graph layer replaces the first spatial block).", "",
            "| family | compute dtype | s per call (measured) | compile | output frames/s "
            "(derived) | GFLOP/s (XLA count) | upstream PyTorch (issue #5) |",
            "|---|---|---|---|---|---|---|"]
