@@ -175,6 +175,21 @@ def test_knn_is_a_partial_selection_with_index_order_on_ties():
   np.testing.assert_array_equal(np.asarray(index)[0, 0, :5], [5, 10, 11, 12, 13])
 
 
+@pytest.mark.parametrize("num", [500, 4000, 4001])
+def test_smallest_k_in_two_stages_equals_top_k_ties_included(num):
+  """500 values take one top_k; 4000 (125 blocks of 32) and 4001 (padded) take two stages."""
+  rng = np.random.default_rng(6)
+  values = rng.normal(size=(4, 3, num)).astype(np.float32)
+  values[0, :, 40:900] = -2.0  # one long tie among the smallest
+  values[1] = np.round(values[1], 1)  # ties everywhere, across block edges
+  values[2, :, ::7] = -5.0  # a tie in every block
+  for k in (1, 5, 30):
+    dist, index = points.smallest_k(values, k)
+    neg, expected = jax.lax.top_k(-values, k)
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_array_equal(dist, -np.asarray(neg))
+
+
 def test_group_points_gathers_per_batch():
   rng = np.random.default_rng(5)
   features = rng.normal(size=(2, 30, 6)).astype(np.float32)
