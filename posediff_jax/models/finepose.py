@@ -220,8 +220,8 @@ class FinePoseDenoiser(d3dp.MixSTEDenoiser):
     return TemporalCrossAttention(self.embed_dim, self.num_heads, self.text_tiling, self.dtype)
 
   def check_text(self, input_2d: jax.Array, clip_features: jax.Array,
-                 eot_index: jax.Array) -> int:
-    """Raises a ValueError naming the wrong shape; returns R, the rows per clip."""
+                 eot_index: jax.Array) -> None:
+    """Raises a ValueError naming the wrong shape."""
     if clip_features.ndim != 3 or clip_features.shape[2] != self.text_width:
       raise ValueError(f"{type(self).__name__}: clip_features must be [b, L, text_width="
                        f"{self.text_width}] (batch-first CLIP output per clip), got "
@@ -234,7 +234,6 @@ class FinePoseDenoiser(d3dp.MixSTEDenoiser):
     if clips == 0 or rows % clips:
       raise ValueError(f"{type(self).__name__}: the {rows} rows of input_2d must be b x R rows "
                        f"for the b={clips} clips of clip_features (clip-major)")
-    return rows // clips
 
   def encode_text(self, clip_features: jax.Array, eot_index: jax.Array
                   ) -> tuple[jax.Array, jax.Array]:
