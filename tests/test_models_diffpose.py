@@ -236,6 +236,21 @@ def test_multi_head_attention_matches_numpy():
     _template(layers.MultiHeadAttention(3), x)
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_pooled_attention_is_the_node_mean_of_the_attention(deterministic):
+  x = _rng(9).normal(size=(3, 2, 7, 8)).astype(np.float32)
+  full = layers.MultiHeadAttention(4, dropout_rate=0.5)
+  pooled = layers.MultiHeadAttention(4, dropout_rate=0.5, pool_nodes=True)
+  params = _random_tree(_template(full, x), seed=10)
+  assert jax.tree.structure(_template(pooled, x)) == jax.tree.structure(params)
+  rngs = {"dropout": jax.random.key(3)}  # the same key drops the same attention weights
+
+  def run(module):
+    return module.apply({"params": params}, x, deterministic=deterministic, rngs=rngs)
+
+  np.testing.assert_allclose(run(pooled), np.mean(run(full), axis=-2), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # Whole networks.
 

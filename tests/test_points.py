@@ -175,6 +175,21 @@ def test_knn_is_a_partial_selection_with_index_order_on_ties():
   np.testing.assert_array_equal(np.asarray(index)[0, 0, :5], [5, 10, 11, 12, 13])
 
 
+@pytest.mark.parametrize("num", [600, 640, 4001])
+def test_knn_of_large_clouds_in_two_stages_equals_brute_force(num):
+  """With k = 5, 600 points (19 blocks of 32) take one top_k; 640 and 4001 (padded) take two."""
+  rng = np.random.default_rng(8)
+  cloud = np.round(_cloud(rng, num), 1)  # a coarse grid: many exact ties, across block edges
+  cloud[300:340] = cloud[7]
+  queries = np.concatenate([cloud[7:8], _cloud(rng, 4)])
+  dist, index = points.knn(queries[None], cloud[None], 5)
+  diff = queries[:, None, :] - cloud[None, :, :]
+  full = (diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1]) + diff[..., 2] * diff[..., 2]
+  expected = np.argsort(full, axis=-1, kind="stable")[:, :5]
+  np.testing.assert_array_equal(np.asarray(index)[0], expected)
+  np.testing.assert_array_equal(np.asarray(dist)[0], np.take_along_axis(full, expected, -1))
+
+
 @pytest.mark.parametrize("num", [500, 4000, 4001])
 def test_smallest_k_in_two_stages_equals_top_k_ties_included(num):
   """500 values take one top_k; 4000 (125 blocks of 32) and 4001 (padded) take two stages."""

@@ -355,15 +355,21 @@ class MultiHeadAttention(nn.Module):
   `linears_0..2` project to Q, K, V and `linears_3` projects the concatenated heads. There is no
   positional encoding and no mask: upstream's mask is all True, so masking is a no-op. A compute
   dtype applies to the four projections; scores, softmax and the product with V stay float32.
+
+  With `pool_nodes` the module returns the mean of its output over the nodes, [..., h] instead of
+  [..., N, h]. The mean goes inside the linear parts: per head, the attention rows are averaged
+  into one weight vector over the nodes, which pools the input before the V projection, so V and
+  the output projection act on one vector instead of N (mmDiff's last LRC block only feeds a mean).
   """
 
   num_heads: int
   dropout_rate: float = 0.1
   dtype: Dtype = None
+  pool_nodes: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    """Maps [B, N, h] to [B, N, h]; h must be divisible by num_heads."""
+    """Maps [B, N, h] to [B, N, h] ([B, h] with `pool_nodes`); num_heads must divide h."""
     *batch, num_nodes, width = x.shape
     if width % self.num_heads:
       raise ValueError(f"MultiHeadAttention: width {width} is not divisible by "
@@ -374,11 +380,31 @@ class MultiHeadAttention(nn.Module):
       y = y.reshape(*batch, num_nodes, self.num_heads, head_dim)
       return jnp.swapaxes(y, -2, -3)
 
-    query, key, value = (split_heads(Linear(width, self.dtype, name=f"linears_{i}")(x))
-                         for i in range(3))
+    query, key = (split_heads(Linear(width, self.dtype, name=f"linears_{i}")(x)) for i in range(2))
+    value_proj = Linear(width, self.dtype, name="linears_2")
+    out_proj = Linear(width, self.dtype, name="linears_3")
     # The per-head products are too small to gain from bfloat16 (with the casts, the bfloat16
     # ICASSP evaluation ran ~4% slower): they run in the projections' output dtype, float32.
     scores = query @ jnp.swapaxes(key, -1, -2) / math.sqrt(head_dim)
+    if self.pool_nodes:
+      if deterministic:
+        weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        inverse_sums = 1.0 / jnp.sum(weights, axis=-1)  # [..., heads, N]
+        mean_probs = (inverse_sums[..., None, :] @ weights)[..., 0, :] / num_nodes
+      else:
+        probs = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),
+                                              deterministic=deterministic)
+        mean_probs = jnp.mean(probs, axis=-2)
+      # [..., heads, N] @ [..., N, h]: per head, the input pooled by its mean attention row.
+      pooled = mean_probs @ x
+      kernel, bias = value_proj.kernel_and_bias(width)
+      kernel = jnp.swapaxes(kernel.reshape(width, self.num_heads, head_dim), 0, 1)  # [heads, h, d]
+      values = matmul(pooled[..., None, :], kernel, self.dtype)[..., 0, :]  # [..., heads, d]
+      # Dropped-out rows no longer sum to 1, so the bias is weighted by each head's total weight.
+      values = values + jnp.sum(mean_probs, axis=-1)[..., None] * bias.reshape(
+          self.num_heads, head_dim)
+      return out_proj(values.reshape(*batch, width))
+    value = split_heads(value_proj(x))
     if deterministic:
       # Softmax normalised after the product with V: [N, d] divisions instead of [N, N] (the
       # ICASSP evaluation runs ~3% faster).
@@ -389,7 +415,7 @@ class MultiHeadAttention(nn.Module):
                                             deterministic=deterministic)
       out = probs @ value
     out = jnp.swapaxes(out, -2, -3).reshape(*batch, num_nodes, width)
-    return Linear(width, self.dtype, name="linears_3")(out)
+    return out_proj(out)
 
 
 class GraphNet(nn.Module):

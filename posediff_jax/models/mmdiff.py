@@ -243,10 +243,17 @@ class MultiConditionDenoiser(nn.Module):
     nearby = point_ops.group_points(cloud, index)  # [B, J, K, C], raw channels, not re-centred
     scale = jnp.sum(sq_dist < self.local_radius_sq, axis=-1, keepdims=True) / self.local_points
     emb = SwishMLP(self.hid_dim // 2, self.hid_dim, name="local_emb")(nearby)
-    for i in range(self.local_attn_layers):
+    for i in range(self.local_attn_layers - 1):
       emb = emb + layers.MultiHeadAttention(self.n_head, name=f"local_attention_{i}")(
           emb, deterministic=deterministic)
-    return jnp.mean(emb, axis=-2) * scale.astype(emb.dtype)
+    pooled = jnp.mean(emb, axis=-2)
+    if self.local_attn_layers:
+      # Only the mean over the points is read, so the last block pools before its V projection.
+      last = self.local_attn_layers - 1
+      pooled = pooled + layers.MultiHeadAttention(
+          self.n_head, pool_nodes=True, name=f"local_attention_{last}")(
+              emb, deterministic=deterministic)
+    return pooled * scale.astype(emb.dtype)
 
   def temporal_context(self, x: jax.Array) -> jax.Array:
     """TMC: the past poses of the state [B, J, 3(P+1)] -> [B, J, h]."""

@@ -219,11 +219,17 @@ def ball_query(xyz: jax.Array, centers: jax.Array, radius: float, num_samples: i
   return jnp.where(slots <= total, index, fill)
 
 
-def knn(queries: jax.Array, points: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-  """The k nearest points of each query by squared distance, nearest first (`lax.top_k`).
+_KNN_BLOCK = 32  # points per block of the two-stage selection
 
-  A partial selection, not a full sort: on CPU it is about 20x faster than `argsort` for mmDiff's
-  20,736 radar points and k = 50. Equal distances are ordered by index, lowest first.
+
+def knn(queries: jax.Array, points: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """The k nearest points of each query by squared distance, nearest first.
+
+  A partial selection, never a full sort, and for large clouds a two-stage one (see
+  `smallest_k`): the distances are computed per block of `_KNN_BLOCK` points and reduced to block
+  minima, and only the k closest blocks get their distances again for the final `lax.top_k`. So
+  the [B, M, N] distance matrix is never stored (for mmDiff's 20,736 radar points ~1.4x faster than
+  selecting from it). Equal distances are ordered by index, lowest first.
 
   Args:
     queries: [B, M, 3].
@@ -242,13 +248,52 @@ def knn(queries: jax.Array, points: jax.Array, k: int) -> tuple[jax.Array, jax.A
   if queries.shape[0] != points.shape[0]:
     raise ValueError(f"knn: queries {queries.shape} and points {points.shape} differ in batch size")
   k = int(k)
-  if not 1 <= k <= points.shape[1]:
-    raise ValueError(f"knn: k must be in [1, N={points.shape[1]}], got {k}")
-  dist = squared_distances(queries.astype(jnp.float32), points.astype(jnp.float32))
-  return smallest_k(dist, k)
+  num = points.shape[1]
+  if not 1 <= k <= num:
+    raise ValueError(f"knn: k must be in [1, N={num}], got {k}")
+  queries, points = queries.astype(jnp.float32), points.astype(jnp.float32)
+  block = _KNN_BLOCK
+  num_blocks = -(-num // block)
+  if num_blocks < 4 * k:
+    return smallest_k(squared_distances(queries, points), k)
+  # Coordinates major, [B, 3, blocks, block]: the distances vectorise along the points. The
+  # padding lies at infinite distance.
+  coords = jnp.pad(jnp.swapaxes(points, 1, 2), [(0, 0), (0, 0), (0, num_blocks * block - num)],
+                   constant_values=jnp.inf).reshape(points.shape[0], 3, num_blocks, block)
+  query = [queries[:, :, i, None, None] for i in range(3)]  # 3 x [B, M, 1, 1]
+
+  def distances(coord):  # 3 x [B, M | 1, blocks, block] -> [B, M, blocks, block]
+    diff = [q - c for q, c in zip(query, coord)]
+    return (diff[0] * diff[0] + diff[1] * diff[1]) + diff[2] * diff[2]
+
+  block_min = jnp.min(distances([coords[:, None, i] for i in range(3)]), axis=-1)
+
+  def candidates(chosen):  # [B, M, k] -> [B, M, k, block]
+    picked = jax.vmap(lambda c, i: c[:, i])(coords, chosen)  # [B, 3, M, k, block]
+    return distances([picked[:, i] for i in range(3)])
+
+  return _smallest_in_blocks(block_min, candidates, k, block)
 
 
-_KNN_BLOCK = 32  # points per block of `smallest_k`'s first stage
+def _smallest_in_blocks(block_min: jax.Array, candidates, k: int, block: int
+                        ) -> tuple[jax.Array, jax.Array]:
+  """The second stage of `smallest_k`, given the first's block minima.
+
+  Args:
+    block_min: [..., blocks] minimum of each block of `block` values.
+    candidates: maps the chosen block indices [..., k] (ascending) to their values [..., k, block].
+    k: values to keep.
+    block: values per block.
+
+  Returns:
+    (values [..., k], int32 indices [..., k]) into the blocks' concatenation, ascending.
+  """
+  _, chosen = jax.lax.top_k(-block_min, k)
+  chosen = jnp.sort(chosen, axis=-1)  # index order, so the second stage breaks ties as top_k
+  values = candidates(chosen).reshape(block_min.shape[:-1] + (k * block,))
+  neg, position = jax.lax.top_k(-values, k)
+  index = jnp.take_along_axis(chosen, position // block, axis=-1) * block + position % block
+  return -neg, index.astype(jnp.int32)
 
 
 def smallest_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -271,12 +316,9 @@ def smallest_k(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   pad = [(0, 0)] * (values.ndim - 1) + [(0, num_blocks * block - num)]
   blocks = jnp.pad(values, pad, constant_values=jnp.inf).reshape(
       values.shape[:-1] + (num_blocks, block))
-  _, chosen = jax.lax.top_k(-jnp.min(blocks, axis=-1), k)
-  chosen = jnp.sort(chosen, axis=-1)  # index order, so the second stage breaks ties as top_k
-  candidates = jnp.take_along_axis(blocks, chosen[..., None], axis=-2)  # [..., k, block]
-  neg, position = jax.lax.top_k(-candidates.reshape(values.shape[:-1] + (k * block,)), k)
-  index = jnp.take_along_axis(chosen, position // block, axis=-1) * block + position % block
-  return -neg, index.astype(jnp.int32)
+  return _smallest_in_blocks(
+      jnp.min(blocks, axis=-1),
+      lambda chosen: jnp.take_along_axis(blocks, chosen[..., None], axis=-2), k, block)
 
 
 def group_points(features: jax.Array, index: jax.Array) -> jax.Array:
