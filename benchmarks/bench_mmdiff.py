@@ -1,14 +1,17 @@
 r"""Times mmDiff's two phases at the released mmBody sizes: phase-2 refinement and phase-1 encoding.
 
-  python benchmarks/bench_mmdiff.py [--batch 256] [--phase1-batch 16] [--repeats 3]
+  python benchmarks/bench_mmdiff.py [--batch 256] [--phase1-batch 16] [--repeats 3] \
+      [--dtypes float32,bfloat16]
 
 Random weights at the released sizes (configs/mmdiff_mmbody.py: the GCNdiff denoiser with hid 96,
 5 layers and all four conditions; the P4Transformer encoder with dim 1024, depth 10), on inputs
 built from the synthetic radar generator (a person's points plus clutter, preprocessed as upstream:
 4 frames x 5184 points x 6 channels, zero-padded). Phase 2 is the whole evaluation pipeline of one
 batch (`families.mmdiff.predict`: 3 DDIM steps from the coarse pose, each with the 50-nearest-point
-search per joint over 4 x 5184 points); phase 1 is the encoder over radar windows. Reports frames/s
-for both and the compile times, and rewrites its section of docs/benchmarks.md.
+search per joint over 4 x 5184 points), timed for each compute dtype (`eval.compute_dtype`);
+phase 1 is the encoder over radar windows. Reports frames/s for both, the compile times and, with
+both dtypes, how far bfloat16's poses land from float32's, and rewrites its section of
+docs/benchmarks.md.
 """
 
 import argparse
@@ -68,6 +71,8 @@ def main():
   parser.add_argument("--phase1-batch", type=int, default=16,
                       help="phase-1 windows per call (0 skips phase 1)")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--dtypes", default="float32,bfloat16",
+                      help="phase-2 compute dtypes, comma-separated")
   parser.add_argument("--output", default=str(common.DOCS))
   args = parser.parse_args()
 
@@ -84,22 +89,27 @@ def main():
   params = jax.device_put(mmdiff.init_params(config, jax.random.key(0)))
   batch = jax.device_put(batch)
   key = jax.random.key(0)
-  rows = []
-  compile_s, sec = compile_and_time(lambda p, b, k: mmdiff.predict(config, p, b, k),
-                                    (params, batch, key), args.repeats)
-  fps = args.batch / sec
-  speedup = fps / UPSTREAM_PHASE2_FRAMES_PER_S
-  rows.append(("phase 2: 3 DDIM steps (GCNdiff, all conditions)", args.batch, compile_s, sec, fps,
-               f"~{UPSTREAM_PHASE2_FRAMES_PER_S:.0f} frames/s (here {speedup:.1f}x)"))
-  print(f"phase 2: compile {compile_s:.1f} s, {sec:.3f} s per batch of {args.batch}, "
-        f"{fps:.1f} frames/s", flush=True)
+  rows, poses = [], {}
+  for dtype in args.dtypes.split(","):
+    dtype_config = config.copy_and_resolve_references()
+    dtype_config.eval.compute_dtype = dtype
+    predict = lambda p, b, k, c=dtype_config: mmdiff.predict(c, p, b, k)
+    compile_s, sec = compile_and_time(predict, (params, batch, key), args.repeats)
+    poses[dtype] = np.asarray(jax.jit(predict)(params, batch, key))
+    fps = args.batch / sec
+    speedup = fps / UPSTREAM_PHASE2_FRAMES_PER_S
+    rows.append((f"phase 2, {dtype}: 3 DDIM steps (GCNdiff, all conditions)", args.batch,
+                 compile_s, sec, fps,
+                 f"~{UPSTREAM_PHASE2_FRAMES_PER_S:.0f} frames/s (here {speedup:.1f}x)"))
+    print(f"phase 2, {dtype}: compile {compile_s:.1f} s, {sec:.3f} s per batch of {args.batch}, "
+          f"{fps:.1f} frames/s", flush=True)
   if args.phase1_batch > 0:
     encoder = jax.device_put(mmdiff.init_encoder(config, jax.random.key(1)))
     radar = jax.device_put(windows[:args.phase1_batch])
     compile_s, sec = compile_and_time(lambda v, r: mmdiff.encode(config, v, r),
                                       (encoder, radar), args.repeats)
     fps = args.phase1_batch / sec
-    rows.append(("phase 1: P4Transformer encoder", args.phase1_batch, compile_s, sec, fps, "n/a"))
+    rows.append(("phase 1, float32: P4Transformer encoder", args.phase1_batch, compile_s, sec, fps, "n/a"))
     print(f"phase 1: compile {compile_s:.1f} s, {sec:.3f} s per batch of {args.phase1_batch}, "
           f"{fps:.1f} frames/s", flush=True)
 
@@ -112,6 +122,7 @@ def main():
            "|---|---|---|---|---|---|"]
   for name, size, compile_s, sec, fps, upstream in rows:
     lines.append(f"| {name} | {size} | {compile_s:.1f} s | {sec:.3f} | {fps:.1f} | {upstream} |")
+  lines += common.bfloat16_note(poses)
   common.write_section(args.output, SECTION, "\n".join(lines) + "\n")
   print(f"wrote {args.output}")
 

@@ -251,6 +251,21 @@ def test_pooled_attention_is_the_node_mean_of_the_attention(deterministic):
   np.testing.assert_allclose(run(pooled), np.mean(run(full), axis=-2), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("pool_nodes", [False, True])
+def test_attention_with_an_input_map_attends_to_the_mapped_input(pool_nodes):
+  rng = _rng(11)
+  x = rng.normal(size=(2, 7, 3)).astype(np.float32)
+  in_kernel = rng.normal(size=(3, 8)).astype(np.float32)
+  in_bias = rng.normal(size=(8,)).astype(np.float32)
+  module = layers.MultiHeadAttention(4, pool_nodes=pool_nodes)
+  mapped = x @ in_kernel + in_bias
+  params = _random_tree(_template(module, mapped), seed=12)
+  folded = module.apply({"params": params}, x, input_map=(in_kernel, in_bias))
+  np.testing.assert_allclose(folded, _jit_apply(module, params, mapped), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="input_map"):
+    module.apply({"params": params}, x, input_map=(in_kernel.T, in_bias))
+
+
 # --------------------------------------------------------------------------------------------------
 # Whole networks.
 

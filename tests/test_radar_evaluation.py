@@ -158,6 +158,25 @@ def test_a_checkpoint_of_the_wrong_phase_is_named(config, torch_files):
     mmdiff.convert(config, phase2, phase2)
 
 
+def test_bfloat16_compute_rounds_the_denoisers_matmul_operands(config, params):
+  rng = np.random.default_rng(5)
+  model = config.model
+  batch = {"x_history": rng.normal(scale=0.3, size=(4, 17, 3 * (model.past_frames + 1))),
+           "features": rng.normal(size=(4, 17, model.feature_size)),
+           "radar": rng.normal(scale=0.5, size=(4, 2, 40, model.radar_channels))}
+  batch = jax.tree.map(lambda a: a.astype(np.float32), batch)
+  bf16_config = config.copy_and_resolve_references()
+  bf16_config.eval.compute_dtype = "bfloat16"
+  reference, pred = (np.asarray(jax.jit(lambda p, c=c: mmdiff.predict(c, p, batch))(params))
+                     for c in (config, bf16_config))
+  # bfloat16 keeps 8 bits of mantissa: a few parts in a thousand through the network.
+  scale = np.abs(reference).max()
+  assert pred.dtype == np.float32
+  assert 0 < np.abs(pred - reference).max() < 3e-2 * scale
+  program = str(jax.make_jaxpr(lambda p: mmdiff.predict(bf16_config, p, batch))(params))
+  assert "bf16[" in program and "preferred_element_type=float32" in program
+
+
 # --- phase 1 and the table ------------------------------------------------------------------------
 
 

@@ -368,9 +368,22 @@ class MultiHeadAttention(nn.Module):
   pool_nodes: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    """Maps [B, N, h] to [B, N, h] ([B, h] with `pool_nodes`); num_heads must divide h."""
-    *batch, num_nodes, width = x.shape
+  def __call__(self, x: jax.Array, *, deterministic: bool = True, input_map=None) -> jax.Array:
+    """Maps [B, N, h] to [B, N, h] ([B, h] with `pool_nodes`); num_heads must divide h.
+
+    `input_map` = (kernel [c, h], bias [h]) says that the attended input is `x @ kernel + bias`
+    for the given x [B, N, c]. The map is folded into the Q, K and V projections, which then run
+    on the narrower x (mmDiff's first LRC block follows a 48 -> 96 layer).
+    """
+    *batch, num_nodes, in_width = x.shape
+    width = in_width
+    if input_map is not None:
+      in_kernel, in_bias = input_map
+      width = in_kernel.shape[-1]
+      if in_kernel.shape != (in_width, width) or in_bias.shape != (width,):
+        raise ValueError(f"MultiHeadAttention: input_map must be (kernel [{in_width}, h], bias "
+                         f"[h]) for an input x [..., {in_width}], got {in_kernel.shape} and "
+                         f"{in_bias.shape}")
     if width % self.num_heads:
       raise ValueError(f"MultiHeadAttention: width {width} is not divisible by "
                        f"num_heads {self.num_heads}")
@@ -380,8 +393,17 @@ class MultiHeadAttention(nn.Module):
       y = y.reshape(*batch, num_nodes, self.num_heads, head_dim)
       return jnp.swapaxes(y, -2, -3)
 
-    query, key = (split_heads(Linear(width, self.dtype, name=f"linears_{i}")(x)) for i in range(2))
-    value_proj = Linear(width, self.dtype, name="linears_2")
+    def input_projection(i):  # linears_i (Q, K or V) as a map from x: ([c, h], [h])
+      kernel, bias = Linear(width, self.dtype, name=f"linears_{i}").kernel_and_bias(width)
+      if input_map is None:
+        return kernel, bias
+      return in_kernel @ kernel, in_bias @ kernel + bias
+
+    def project(i):
+      kernel, bias = input_projection(i)
+      return matmul(x, kernel, self.dtype) + bias
+
+    query, key = split_heads(project(0)), split_heads(project(1))
     out_proj = Linear(width, self.dtype, name="linears_3")
     # The per-head products are too small to gain from bfloat16 (with the casts, the bfloat16
     # ICASSP evaluation ran ~4% slower): they run in the projections' output dtype, float32.
@@ -395,16 +417,16 @@ class MultiHeadAttention(nn.Module):
         probs = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),
                                               deterministic=deterministic)
         mean_probs = jnp.mean(probs, axis=-2)
-      # [..., heads, N] @ [..., N, h]: per head, the input pooled by its mean attention row.
+      # [..., heads, N] @ [..., N, c]: per head, the input pooled by its mean attention row.
       pooled = mean_probs @ x
-      kernel, bias = value_proj.kernel_and_bias(width)
-      kernel = jnp.swapaxes(kernel.reshape(width, self.num_heads, head_dim), 0, 1)  # [heads, h, d]
+      kernel, bias = input_projection(2)
+      kernel = jnp.swapaxes(kernel.reshape(in_width, self.num_heads, head_dim), 0, 1)  # [H, c, d]
       values = matmul(pooled[..., None, :], kernel, self.dtype)[..., 0, :]  # [..., heads, d]
       # Dropped-out rows no longer sum to 1, so the bias is weighted by each head's total weight.
       values = values + jnp.sum(mean_probs, axis=-1)[..., None] * bias.reshape(
           self.num_heads, head_dim)
       return out_proj(values.reshape(*batch, width))
-    value = split_heads(value_proj(x))
+    value = split_heads(project(2))
     if deterministic:
       # Softmax normalised after the product with V: [N, d] divisions instead of [N, N] (the
       # ICASSP evaluation runs ~3% faster).

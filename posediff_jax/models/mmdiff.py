@@ -75,12 +75,20 @@ class SwishMLP(nn.Module):
 
   hidden_features: int
   features: int
+  dtype: layers.Dtype = None
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Maps [..., C] to [..., features]."""
-    hidden = nn.swish(layers.Linear(self.hidden_features, name="dense_0")(x))
-    return layers.Linear(self.features, name="dense_1")(hidden)
+  def __call__(self, x: jax.Array, *, factored: bool = False):
+    """Maps [..., C] to [..., features].
+
+    With `factored`, returns (hidden [..., hidden_features], (kernel, bias) of `dense_1`) instead,
+    for a caller that folds the last layer into the next one.
+    """
+    hidden = nn.swish(layers.Linear(self.hidden_features, self.dtype, name="dense_0")(x))
+    last = layers.Linear(self.features, self.dtype, name="dense_1")
+    if factored:
+      return hidden, last.kernel_and_bias(self.hidden_features)
+    return last(hidden)
 
 
 class TorchConv1d(nn.Module):
@@ -91,6 +99,7 @@ class TorchConv1d(nn.Module):
 
   features: int
   kernel_size: int = 3
+  dtype: layers.Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -100,9 +109,10 @@ class TorchConv1d(nn.Module):
     kernel = self.param("kernel", init, (self.kernel_size, in_features, self.features))
     bias = self.param("bias", init, (self.features,))
     pad = self.kernel_size // 2
+    dtype = x.dtype if self.dtype is None else self.dtype
     out = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(1,), padding=[(pad, pad)],
-        dimension_numbers=("NWC", "WIO", "NWC"))
+        x.astype(dtype), kernel.astype(dtype), window_strides=(1,), padding=[(pad, pad)],
+        dimension_numbers=("NWC", "WIO", "NWC"), preferred_element_type=x.dtype)
     return out + bias.astype(x.dtype)
 
 
@@ -116,15 +126,18 @@ class ConditionedResChebBlock(nn.Module):
   num_nodes: int
   edges: layers.Edges
   dropout_rate: float = 0.1
+  dtype: layers.Dtype = None
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array, condition: jax.Array, *,
                deterministic: bool = True) -> jax.Array:
     """Maps x [B, N, h], temb [B, E] and condition [B, N, h] to [B, N, h]."""
     width = x.shape[-1]
-    graph = dict(num_nodes=self.num_nodes, edges=self.edges, dropout_rate=self.dropout_rate)
+    graph = dict(num_nodes=self.num_nodes, edges=self.edges, dropout_rate=self.dropout_rate,
+                 dtype=self.dtype)
     out = layers.GraphConvBlock(width, **graph, name="gconv1")(x, deterministic=deterministic)
-    out = out + layers.Linear(width, name="temb_proj")(nn.swish(temb))[..., None, :] + condition
+    out = (out + layers.Linear(width, self.dtype, name="temb_proj")(nn.swish(temb))[..., None, :]
+           + condition)
     out = layers.GraphConvBlock(width, **graph, name="gconv2")(out, deterministic=deterministic)
     return x + out
 
@@ -157,6 +170,8 @@ class MultiConditionDenoiser(nn.Module):
     limb_hidden: hidden width of the limb regressor (upstream 1024).
     num_joints: graph nodes.
     edges: skeleton edges (also the limbs).
+    dtype: compute dtype of the matmuls (None: the inputs' dtype; bfloat16 rounds only their
+      operands, see `layers.matmul`); the kNN search, norms and softmax stay float32.
   """
 
   hid_dim: int = 96
@@ -176,6 +191,7 @@ class MultiConditionDenoiser(nn.Module):
   limb_hidden: int = 1024
   num_joints: int = NUM_JOINTS
   edges: layers.Edges = LIMBS
+  dtype: layers.Dtype = None
 
   @property
   def state_channels(self) -> int:
@@ -242,17 +258,23 @@ class MultiConditionDenoiser(nn.Module):
     sq_dist, index = point_ops.knn(current, cloud[..., :3], self.local_points)
     nearby = point_ops.group_points(cloud, index)  # [B, J, K, C], raw channels, not re-centred
     scale = jnp.sum(sq_dist < self.local_radius_sq, axis=-1, keepdims=True) / self.local_points
-    emb = SwishMLP(self.hid_dim // 2, self.hid_dim, name="local_emb")(nearby)
-    for i in range(self.local_attn_layers - 1):
-      emb = emb + layers.MultiHeadAttention(self.n_head, name=f"local_attention_{i}")(
-          emb, deterministic=deterministic)
+    hidden, emb_map = SwishMLP(self.hid_dim // 2, self.hid_dim, self.dtype, name="local_emb")(
+        nearby, factored=True)
+    emb = layers.matmul(hidden, emb_map[0], self.dtype) + emb_map[1]  # [B, J, K, h]
     pooled = jnp.mean(emb, axis=-2)
-    if self.local_attn_layers:
-      # Only the mean over the points is read, so the last block pools before its V projection.
-      last = self.local_attn_layers - 1
-      pooled = pooled + layers.MultiHeadAttention(
-          self.n_head, pool_nodes=True, name=f"local_attention_{last}")(
-              emb, deterministic=deterministic)
+    blocks = self.local_attn_layers
+    for i in range(blocks):
+      # The first block's Q, K, V read the 48-wide hidden layer through the folded embedding, and
+      # the last one pools over the points before its V projection: only the mean is read.
+      last = i == blocks - 1
+      attention = layers.MultiHeadAttention(self.n_head, dtype=self.dtype, pool_nodes=last,
+                                            name=f"local_attention_{i}")
+      attended = attention(hidden if i == 0 else emb, deterministic=deterministic,
+                           input_map=emb_map if i == 0 else None)
+      if last:
+        pooled = jnp.mean(emb, axis=-2) + attended
+      else:
+        emb = emb + attended
     return pooled * scale.astype(emb.dtype)
 
   def temporal_context(self, x: jax.Array) -> jax.Array:
@@ -260,13 +282,13 @@ class MultiConditionDenoiser(nn.Module):
     batch, joints = x.shape[:2]
     past = x[..., :3 * self.past_frames].reshape(batch, joints, self.past_frames, 3)
     past = jnp.swapaxes(past, 1, 2)  # [B, P, J, 3], oldest first
-    graph = dict(num_nodes=self.num_joints, edges=self.edges)
+    graph = dict(num_nodes=self.num_joints, edges=self.edges, dtype=self.dtype)
     emb = layers.ChebConv(self.hid_dim, **graph, name="gconv_input_t")(past)  # [B, P, J, h]
     # Channel index joint·h + feature, as upstream's view of the stacked frames.
     emb = emb.reshape(batch, self.past_frames, joints * self.hid_dim)
     width = joints * self.hid_dim
-    emb = nn.relu(TorchConv1d(width, name="temperal_conv_0")(emb))
-    emb = TorchConv1d(width, name="temperal_conv_2")(emb)
+    emb = nn.relu(TorchConv1d(width, dtype=self.dtype, name="temperal_conv_0")(emb))
+    emb = TorchConv1d(width, dtype=self.dtype, name="temperal_conv_2")(emb)
     return jnp.max(emb, axis=1).reshape(batch, joints, self.hid_dim)
 
   def step_invariant(self, update_history: bool) -> tuple[str, ...]:
@@ -310,7 +332,7 @@ class MultiConditionDenoiser(nn.Module):
     radar = None if radar is None else jnp.asarray(radar)
     limb_len = None if limb_len is None else jnp.asarray(limb_len)
     self._check_inputs(x, t, features, radar, limb_len, need_radar=return_static is None)
-    graph = dict(num_nodes=self.num_joints, edges=self.edges)
+    graph = dict(num_nodes=self.num_joints, edges=self.edges, dtype=self.dtype)
     batch = x.shape[0]
     current = x[..., -3:]
     static = dict(static or {})
@@ -320,8 +342,8 @@ class MultiConditionDenoiser(nn.Module):
                     else x.reshape(batch, -1))
       hidden = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="limb_linear_0")(
           limb_input)
-      hidden = nn.relu(layers.Linear(self.limb_hidden, name="limb_linear_1")(hidden))
-      return layers.Linear(len(self.edges), name="limb_linear_3")(hidden)
+      hidden = nn.relu(layers.Linear(self.limb_hidden, self.dtype, name="limb_linear_1")(hidden))
+      return layers.Linear(len(self.edges), self.dtype, name="limb_linear_3")(hidden)
 
     builders = {
         "global": lambda: layers.ChebConv(self.hid_dim, **graph, name="gconv_input1")(features),
@@ -336,7 +358,7 @@ class MultiConditionDenoiser(nn.Module):
 
     sinusoid = layers.timestep_embedding(t, self.hid_dim)
     # Upstream quirk (spec §1.2): the embeddings are 4 * hid_dim wide; config emd_dim is ignored.
-    temb = layers.TimeEmbedding(4 * self.hid_dim, name="temb")(sinusoid)
+    temb = layers.TimeEmbedding(4 * self.hid_dim, self.dtype, name="temb")(sinusoid)
 
     condition = static["global"]
     self.sow("intermediates", "global_emb", condition)
@@ -350,11 +372,11 @@ class MultiConditionDenoiser(nn.Module):
 
     limb_pred = static["limb"]
     limb = limb_pred if limb_len is None else limb_len
-    temb = temb + layers.TimeEmbedding(4 * self.hid_dim, name="limb_emb_layer")(limb)
+    temb = temb + layers.TimeEmbedding(4 * self.hid_dim, self.dtype, name="limb_emb_layer")(limb)
 
     out = layers.ChebConv(self.hid_dim, **graph, name="gconv_input2")(current) + condition
     for i in range(self.num_layers):
-      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout,
+      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, dtype=self.dtype,
                                  name=f"atten_layers_{i}")(out, deterministic=deterministic)
       out = ConditionedResChebBlock(**graph, name=f"gconv_layers_{i}")(
           out, temb, condition, deterministic=deterministic)
@@ -373,12 +395,13 @@ _REQUIRED = ("hid_dim", "num_layers", "n_head", "dropout", "feature_size", "past
              "radar_channels")
 
 
-def denoiser_from_config(cfg) -> MultiConditionDenoiser:
+def denoiser_from_config(cfg, dtype: layers.Dtype = None) -> MultiConditionDenoiser:
   """A `MultiConditionDenoiser` from a config (ConfigDict, dict or object).
 
   Required fields: hid_dim, num_layers, n_head, dropout, feature_size, past_frames,
   radar_channels. Optional, with upstream's defaults: global_flag, local_flag, temp_flag, limb_flag
   (1), local_points (50), local_radius_sq (0.04), local_attn_layers (5), limb_hidden (1024).
+  `dtype` is the compute dtype of the matmuls (None = float32).
   """
   values = {}
   for name, kind in _MODEL_FIELDS.items():
@@ -391,4 +414,4 @@ def denoiser_from_config(cfg) -> MultiConditionDenoiser:
     elif name in _REQUIRED:
       raise ValueError(f"mmDiff model config lacks field {name!r} (needs {', '.join(_REQUIRED)}); "
                        f"got {cfg!r}")
-  return MultiConditionDenoiser(**values)
+  return MultiConditionDenoiser(**values, dtype=dtype)
