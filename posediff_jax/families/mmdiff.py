@@ -228,13 +228,18 @@ def predict(config, params, batch: dict, key=None, noise=None, return_trajectory
   static = model.apply(variables, history, jnp.zeros(history.shape[:1]), features,
                        return_static=names)
 
-  def network(x_all, t, feats, static_rows, *radar_rows):
-    out, _ = model.apply(variables, x_all, t, feats, *radar_rows, static=static_rows)
-    return out
+  def local_context(x_all, feats, radar_rows):
+    zeros = jnp.zeros(x_all.shape[:1])
+    return model.apply(variables, x_all, zeros, feats, radar_rows, return_static=("local",))
 
   def run_network(x_all, t):
-    conditions = (features, static) + ((radar,) if model.uses_radar else ())
-    return chunking.map_rows(network, chunk, x_all, t, *conditions)
+    # Only the LRC (50 radar points per joint) runs a few rows at a time: the graph network's
+    # [rows, 17, 96] matmuls are fastest on the whole batch (~1.5 against ~2.2 ms per frame).
+    conditions = static
+    if model.uses_radar:
+      conditions = {**static, **chunking.map_rows(local_context, chunk, x_all, features, radar)}
+    out, _ = model.apply(variables, x_all, t, features, static=conditions)
+    return out
 
   if update_history:
     # v1 sampler: DDIM over the whole state, history channels included. Its `0 * limb_cond(...)`

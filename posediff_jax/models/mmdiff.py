@@ -317,9 +317,11 @@ class MultiConditionDenoiser(nn.Module):
       limb_len: optional [B, 16] limb lengths for the SLC embedding (v1 training passes the
         ground truth); None uses the network's own prediction, as at inference.
       deterministic: disables dropout when True; otherwise the 'dropout' rng is needed.
-      static: optional {'global': [B, J, h], 'past': [B, J, h], 'limb': [B, 16]} conditions
-        computed before (by a call with `return_static`): a sampler computes the ones that do not
-        change between its steps once. Missing entries are computed here.
+      static: optional {'global': [B, J, h], 'past': [B, J, h], 'limb': [B, 16], 'local':
+        [B, J, h]} conditions computed before (by a call with `return_static`): a sampler
+        computes the ones that do not change between its steps once, and may compute this call's
+        LRC ('local', which reads the current pose and the radar) a few rows at a time. Missing
+        entries are computed here.
       return_static: a tuple of those names: return just these conditions, as a dict.
 
     Returns:
@@ -331,11 +333,13 @@ class MultiConditionDenoiser(nn.Module):
     t = jnp.asarray(t)
     radar = None if radar is None else jnp.asarray(radar)
     limb_len = None if limb_len is None else jnp.asarray(limb_len)
-    self._check_inputs(x, t, features, radar, limb_len, need_radar=return_static is None)
+    static = dict(static or {})
+    need_radar = ("local" in return_static if return_static is not None
+                  else "local" not in static)
+    self._check_inputs(x, t, features, radar, limb_len, need_radar=need_radar)
     graph = dict(num_nodes=self.num_joints, edges=self.edges, dtype=self.dtype)
     batch = x.shape[0]
     current = x[..., -3:]
-    static = dict(static or {})
 
     def limb_prediction():
       limb_input = (features.reshape(batch, -1) if self.limb_flag == 1
@@ -349,10 +353,12 @@ class MultiConditionDenoiser(nn.Module):
         "global": lambda: layers.ChebConv(self.hid_dim, **graph, name="gconv_input1")(features),
         "past": lambda: self.temporal_context(x),
         "limb": limb_prediction,
+        "local": lambda: self.local_context(current, radar, deterministic=deterministic),
     }
     if return_static is not None:
       return {name: builders[name]() for name in return_static}
-    for name in ("global",) + (("past",) if self.temp_flag == 1 else ()) + ("limb",):
+    for name in (("global",) + (("local",) if self.uses_radar else ())
+                 + (("past",) if self.temp_flag == 1 else ()) + ("limb",)):
       if name not in static:
         static[name] = builders[name]()
 
@@ -363,9 +369,8 @@ class MultiConditionDenoiser(nn.Module):
     condition = static["global"]
     self.sow("intermediates", "global_emb", condition)
     if self.uses_radar:
-      local = self.local_context(current, radar, deterministic=deterministic)
-      self.sow("intermediates", "local_emb", local)
-      condition = condition + local
+      self.sow("intermediates", "local_emb", static["local"])
+      condition = condition + static["local"]
     if self.temp_flag == 1:
       self.sow("intermediates", "past_emb", static["past"])
       condition = condition + static["past"]
