@@ -116,8 +116,9 @@ def get_config(arg=None):
   c.eval.encoder_batch_size = 16  # phase 1 over raw data (upstream's pretrain batch)
   # v1 prints each scene and their unweighted mean; HEAD one bucket of all test frames.
   c.eval.average = "scenes" if v1 else "frames"
-  # On CPU the denoiser takes this many rows at a time, so the LRC's [rows, 17, 50, 96] point
-  # features stay cache-sized (8 measured 5-15% faster than 32). 0 = the whole batch everywhere.
+  # On CPU the LRC takes this many rows at a time, so its [rows, 17, 50, 96] point features stay
+  # cache-sized (8 measured 5-15% faster than 32); the graph network takes the whole batch.
+  # 0 = the whole batch everywhere.
   c.eval.cpu_chunk_size = 8
   # "bfloat16" runs the phase-2 denoiser's matmuls in bfloat16 (parameters stay float32).
   c.eval.compute_dtype = "float32"

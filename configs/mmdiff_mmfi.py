@@ -66,6 +66,6 @@ def get_config(arg=None):
   c.phase1 = ml_collections.ConfigDict(dict(
       encoder="point_transformer", input_dim=5, num_blocks=5, num_neighbours=16, model_dim=128,
       dim=512, depth=5, heads=4, dim_head=128, mlp_dim=256, feature_size=32))
-  # Without the LRC there is no large per-row distance array: CPU chunks can be bigger.
-  c.eval.cpu_chunk_size = 64
+  # Only the LRC runs a few rows at a time, and mm-Fi has none: the whole batch goes at once.
+  c.eval.cpu_chunk_size = 0
   return c
