@@ -191,18 +191,25 @@ def test_knn_of_large_clouds_in_two_stages_equals_brute_force(num):
 
 
 @pytest.mark.parametrize("num", [500, 4000, 4001])
-def test_smallest_k_in_two_stages_equals_top_k_ties_included(num):
-  """500 values take one top_k; 4000 (125 blocks of 32) and 4001 (padded) take two stages."""
+def test_knn_ties_follow_top_k_in_both_stages(num):
+  """Points on a line at integer distances from the query, so ties are exact: 500 points take one
+  top_k; 4000 (125 blocks of 32) and 4001 (padded) take two stages for k = 30."""
   rng = np.random.default_rng(6)
-  values = rng.normal(size=(4, 3, num)).astype(np.float32)
-  values[0, :, 40:900] = -2.0  # one long tie among the smallest
-  values[1] = np.round(values[1], 1)  # ties everywhere, across block edges
-  values[2, :, ::7] = -5.0  # a tie in every block
+  offsets = rng.integers(2, 60, size=(4, num)).astype(np.float32)
+  offsets[0, 40:900] = 1  # one long tie among the nearest
+  offsets[1] = rng.integers(0, 10, size=num)  # ties everywhere, across block edges
+  offsets[2, ::7] = 0  # a tie in every block
+  # A tie between blocks taken out of index order (block 1 has the smaller minimum).
+  offsets[3] = 50
+  offsets[3, [0, 40, 41]] = [3, 1, 3]
+  cloud = np.zeros((4, num, 3), np.float32)
+  cloud[..., 0] = offsets * rng.choice([-1.0, 1.0], size=offsets.shape)
   for k in (1, 5, 30):
-    dist, index = points.smallest_k(values, k)
-    neg, expected = jax.lax.top_k(-values, k)
-    np.testing.assert_array_equal(index, expected)
-    np.testing.assert_array_equal(dist, -np.asarray(neg))
+    dist, index = points.knn(np.zeros((4, 1, 3), np.float32), cloud, k)
+    expected = np.argsort(offsets ** 2, axis=-1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(np.asarray(index)[:, 0], expected)
+    np.testing.assert_array_equal(np.asarray(dist)[:, 0],
+                                  np.take_along_axis(offsets ** 2, expected, -1))
 
 
 def test_group_points_gathers_per_batch():
