@@ -15,6 +15,8 @@ import numpy as np
 from posediff_jax import evaluation
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+# Taken when a script imports this module, before it loads the machine itself.
+_LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -44,9 +46,9 @@ def machine() -> str:
 
 def environment() -> str:
   """The settings that change CPU timings, and the load when the run started."""
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   return (f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset')}, load average {load:.1f} at start")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset')}, load average "
+          f"{_LOAD_AT_START:.1f} at start")
 
 
 def write_section(path, section: str, text: str) -> None:
