@@ -57,12 +57,12 @@ def radar_windows(config, count: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def compile_timed(fn, args):
-  """(the compiled function, its compile seconds), warmed up by one call."""
+  """(the compiled function, its compile seconds, the output of its warm-up call)."""
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(*args))
-  return compiled, compile_s
+  out = jax.block_until_ready(compiled(*args))
+  return compiled, compile_s, out
 
 
 def interleaved_seconds(fns: dict, args, repeats: int) -> dict[str, list[float]]:
@@ -81,7 +81,7 @@ def interleaved_seconds(fns: dict, args, repeats: int) -> dict[str, list[float]]
 
 def compile_and_time(fn, args, repeats: int) -> tuple[float, float]:
   """(compile seconds, median seconds per call) of a jitted function."""
-  compiled, compile_s = compile_timed(fn, args)
+  compiled, compile_s, _ = compile_timed(fn, args)
   return compile_s, common.median_seconds(lambda: compiled(*args), repeats)
 
 
@@ -114,9 +114,9 @@ def main():
   for dtype in args.dtypes.split(","):
     dtype_config = config.copy_and_resolve_references()
     dtype_config.eval.compute_dtype = dtype
-    compiled[dtype], compile_s[dtype] = compile_timed(
+    compiled[dtype], compile_s[dtype], pose = compile_timed(
         lambda p, b, k, c=dtype_config: mmdiff.predict(c, p, b, k), (params, batch, key))
-    poses[dtype] = np.asarray(compiled[dtype](params, batch, key))
+    poses[dtype] = np.asarray(pose)
   times = interleaved_seconds(compiled, (params, batch, key), args.repeats)
   for dtype, seconds in times.items():
     sec = float(np.median(seconds))

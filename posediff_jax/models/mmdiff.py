@@ -261,7 +261,6 @@ class MultiConditionDenoiser(nn.Module):
     hidden, emb_map = SwishMLP(self.hid_dim // 2, self.hid_dim, self.dtype, name="local_emb")(
         nearby, factored=True)
     emb = layers.matmul(hidden, emb_map[0], self.dtype) + emb_map[1]  # [B, J, K, h]
-    pooled = jnp.mean(emb, axis=-2)
     blocks = self.local_attn_layers
     for i in range(blocks):
       # The first block's Q, K, V read the 48-wide hidden layer through the folded embedding, and
@@ -271,10 +270,9 @@ class MultiConditionDenoiser(nn.Module):
                                             name=f"local_attention_{i}")
       attended = attention(hidden if i == 0 else emb, deterministic=deterministic,
                            input_map=emb_map if i == 0 else None)
-      if last:
-        pooled = jnp.mean(emb, axis=-2) + attended
-      else:
+      if not last:
         emb = emb + attended
+    pooled = jnp.mean(emb, axis=-2) + (attended if blocks else 0.0)  # [B, J, h]
     return pooled * scale.astype(emb.dtype)
 
   def temporal_context(self, x: jax.Array) -> jax.Array:

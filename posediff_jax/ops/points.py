@@ -229,10 +229,10 @@ def knn(queries: jax.Array, points: jax.Array, k: int) -> tuple[jax.Array, jax.A
   distances are computed per block of `_KNN_BLOCK` points and reduced to block minima; the k blocks
   with the smallest minima hold the k nearest points (ties included: a tied block is taken before
   any higher-index one), so only their k x 32 points get their distances again for the final
-  `top_k`, kept in index order. The [B, M, N] distance matrix is never stored: for mmDiff's
-  20,736 radar points this is ~1.4x faster than one `top_k` over a stored matrix (itself ~3x
-  faster than a `top_k` over all N points and ~20x than `argsort`). Either way the result is
-  exactly `lax.top_k` over all the distances: equal distances are ordered by index, lowest first.
+  `top_k`, kept in index order. The [B, M, N] distance matrix is never stored. For mmDiff's
+  20,736 radar points this measured ~1.4x faster than the same selection over a stored matrix,
+  which was ~3x faster than one `top_k` over all N (and that ~20x faster than `argsort`). Either
+  way the result is exactly `lax.top_k` over all the distances: ties go to the lowest index.
 
   Args:
     queries: [B, M, 3].
