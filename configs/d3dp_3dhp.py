@@ -8,11 +8,12 @@ data_train_3dhp_ori.npz and data_test_3dhp_ori.npz. The metrics are the official
 (PCK@150 mm, AUC, MPJPE per sequence), computed in Python.
 """
 
+import configs
 from configs import d3dp_h36m
 
 
 def get_config(arg=None):
-  del arg
+  configs.pick_variant(__file__, arg)
   c = d3dp_h36m.get_config("gt")
   c.variant = "3dhp"
   c.data.dataset = "3dhp"

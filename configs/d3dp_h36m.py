@@ -16,13 +16,13 @@ test-time augmentation); the paper's tables use `--config.sampling.num_hypothese
 
 import ml_collections
 
+import configs
+
 H36M_DIR = "data/h36m"
 
 
 def get_config(arg=None):
-  variant = arg or "cpn"
-  if variant not in ("cpn", "gt"):
-    raise ValueError(f"d3dp_h36m: unknown variant {variant!r}; expected 'cpn' or 'gt'")
+  variant = configs.pick_variant(__file__, arg, ("cpn", "gt"))
   c = ml_collections.ConfigDict()
   c.family = "d3dp"
   c.variant = variant

@@ -7,11 +7,12 @@ the lifter (MPJPE regression), then the denoiser (upstream's noise-prediction lo
 the per-action evaluation table. Fits in well under 10 minutes on 2 CPU cores.
 """
 
+import configs
 from configs import diffpose_h36m
 
 
 def get_config(arg=None):
-  del arg
+  configs.pick_variant(__file__, arg)
   c = diffpose_h36m.get_config("cpn")
   c.variant = "demo"
   c.seed = 0

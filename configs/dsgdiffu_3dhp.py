@@ -5,11 +5,13 @@ positions, spec §3.4); here the prompt is padded to 77 with the padding token
 (posediff_jax.models.prompts), so results are not comparable with the paper's.
 """
 
+import configs
 from configs import finepose_3dhp
 
 
 def get_config(arg=None):
-  c = finepose_3dhp.get_config(arg)
+  configs.pick_variant(__file__, arg)
+  c = finepose_3dhp.get_config()
   c.family = "dsgdiffu"
   c.model.graph = "3dhp"
   c.train.lr = 7e-5

@@ -10,11 +10,12 @@ Everything not set here is FinePOSE's. Both torch-geometric key layouts of the g
 (2.4: lin_src/lin_dst, 2.6: lin) convert.
 """
 
+import configs
 from configs import finepose_h36m
 
 
 def get_config(arg=None):
-  c = finepose_h36m.get_config(arg)
+  c = finepose_h36m.get_config(configs.pick_variant(__file__, arg, ("cpn", "gt")))
   c.family = "dsgdiffu"
   c.model.graph = "h36m"  # the skeleton of the graph attention (upstream -d)
   c.train.lr_decay = 0.998  # README: -lrd 0.998

@@ -11,12 +11,13 @@ evaluation settings are FinePOSE's (configs/finepose_h36m.py).
 
 import ml_collections
 
+import configs
 from configs import d3dp_3dhp
 from configs import finepose_h36m
 
 
 def get_config(arg=None):
-  del arg
+  configs.pick_variant(__file__, arg)
   c = d3dp_3dhp.get_config()
   finepose_h36m.add_text_branch(c, "finepose")
   c.text = ml_collections.ConfigDict()

@@ -17,6 +17,7 @@ settings are the README's: H=20 hypotheses, K=10 DDIM steps, 4 clips per call.
 
 import ml_collections
 
+import configs
 from configs import d3dp_h36m
 from posediff_jax.models import prompts
 
@@ -36,7 +37,7 @@ def add_text_branch(c, family: str) -> None:
 
 
 def get_config(arg=None):
-  variant = arg or "cpn"
+  variant = configs.pick_variant(__file__, arg, ("cpn", "gt"))
   c = d3dp_h36m.get_config(variant)
   add_text_branch(c, "finepose")
   # One text cache row per prompt name; S1's Martinez-archive names get rows too (spec §13).

@@ -21,13 +21,12 @@ To train from scratch, only the lifter is needed: convert it alone (or take a Di
 Any field can be overridden on the command line, e.g. `--config.model.hid_dim=64`.
 """
 
+import configs
 from configs import diffpose_h36m
 
 
 def get_config(arg=None):
-  variant = arg or "cpn"
-  if variant not in ("cpn", "gt"):
-    raise ValueError(f"icassp_h36m: unknown variant {variant!r}; expected 'cpn' or 'gt'")
+  variant = configs.pick_variant(__file__, arg, ("cpn", "gt"))
   # Everything not set here is DiffPose's (data files, subjects, schedule, lr staircase, EMA, ...).
   c = diffpose_h36m.get_config(variant)
   c.family = "icassp"

@@ -29,15 +29,14 @@ Any field can be overridden on the command line, e.g. `--config.sampling.hypothe
 
 import ml_collections
 
+import configs
+
 MMBODY_DIR = "data/mmbody"
 TEST_SCENES = ("lab1", "lab2", "furnished", "rain", "smoke", "poor_lighting", "occlusion")
 
 
 def get_config(arg=None):
-  variant = arg or "head"
-  if variant not in ("head", "v1", "demo"):
-    raise ValueError(f"mmdiff_mmbody: unknown variant {variant!r}; expected 'head', 'v1' or "
-                     "'demo'")
+  variant = configs.pick_variant(__file__, arg, ("head", "v1", "demo"))
   if variant == "demo":
     return demo_config(get_config("head"), "data/mmbody_synthetic")
   v1 = variant == "v1"
@@ -86,6 +85,7 @@ def get_config(arg=None):
   # Denoiser (upstream GCNdiff). Upstream's `emd_dim` is ignored: the embeddings are 4 * hid_dim.
   c.model = ml_collections.ConfigDict(dict(
       hid_dim=96, num_layers=5, n_head=4, dropout=0.25,
+      inner_dropout=0.1,  # after every ChebGC and on attention probabilities, LRC too (upstream)
       feature_size=64,  # P4Transformer's per-joint features (GRC)
       past_frames=6,  # TMC: coarse poses t-6 .. t-1
       radar_channels=6,

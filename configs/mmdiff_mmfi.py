@@ -18,6 +18,7 @@ synthetic mm-Fi-layout set (data/mmfi_synthetic, generated on first use).
 
 import ml_collections
 
+import configs
 from configs import mmdiff_mmbody
 
 MMFI_DIR = "data/mmfi"
@@ -28,10 +29,8 @@ TEST_SUBJECTS = ("S05", "S10", "S15", "S20", "S25", "S30", "S35", "S40")
 
 
 def get_config(arg=None):
-  variant = arg or "head"
-  if variant not in ("head", "demo"):
-    raise ValueError(f"mmdiff_mmfi: unknown variant {variant!r}; 'head' or 'demo' (v1 had no "
-                     "mm-Fi setting)")
+  variant = configs.pick_variant(__file__, arg, ("head", "demo"),
+                                 hint="v1 had no mm-Fi setting")
   if variant == "demo":
     return mmdiff_mmbody.demo_config(get_config("head"), "data/mmfi_synthetic")
   # Diffusion, sampler, evaluation and the HEAD training recipe are mmBody's.
