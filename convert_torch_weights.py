@@ -56,8 +56,13 @@ _LIFTER = flags.DEFINE_string(
 _CLIP = flags.DEFINE_string(
     "clip", None, "FinePOSE/DSGDiffu: OpenAI's ViT-B-32.pt, for a checkpoint without clip_text.*")
 _OUTPUT = flags.DEFINE_string("output", None, "New directory for the orbax checkpoint.")
+_DEFAULT_CONFIG = _default_config()
+if __name__ == "__main__" and runtime.config_argument(sys.argv, "config") is None:
+  # ml_collections loads a default config, with the command line's overrides, as soon as the flag
+  # is defined: check them now, or a misspelled --config.x would end in a traceback.
+  runtime.check_config_file("config", _DEFAULT_CONFIG, sys.argv)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", _default_config(),
+    "config", _DEFAULT_CONFIG,
     "Config giving the model sizes (configs/*.py[:variant]); default: configs/<family>_h36m.py.",
     lock_config=True)
 flags.mark_flags_as_required(["family", "output"])

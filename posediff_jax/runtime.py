@@ -1,12 +1,26 @@
-"""Process start-up shared by the command-line tools: logging, multi-process jobs, user errors."""
+"""Process start-up shared by the command-line tools: logging, multi-process jobs, user errors.
 
+`run(main)` is the tools' `absl.app.run`: a mistake on the command line or in the input ends with
+one line `error: <what is wrong>` on stderr and exit status 2, never a traceback. That covers errors
+raised by `main` (`USER_ERRORS`) and the command line itself: before absl parses the flags, every
+`--config` is checked here (the file exists, its variant is valid, every `--config.<field>`
+override names a field, with the nearest valid name suggested), because ml_collections raises
+those while parsing flags, before `main` runs, with a traceback or a multi-line dump.
+"""
+
+import difflib
+import importlib.util
 import os
+import pathlib
+import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+from ml_collections.config_flags import config_flags
+from ml_collections.config_flags import config_path
 
 # Errors that mean "the input is wrong": the CLIs print their message, not a traceback.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError)
@@ -52,20 +66,188 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              num_processes=num_processes, process_id=process_id)
 
 
-def run(main) -> None:
-  """`absl.app.run(main)`, printing user errors as `error: ...` with exit status 2.
+def _one_line(message: str) -> str:
+  """`message` on one line: the error contract of the tools is one `error: ...` line."""
+  return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
+
+def fail(message: str) -> None:
+  """Prints `error: <message>` (on one line) to stderr and exits with status 2."""
+  print(f"error: {_one_line(message)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _traceback_wanted() -> bool:
+  return os.environ.get("POSEDIFF_TRACEBACK") == "1"
+
+
+def config_argument(argv: list[str], name: str) -> str | None:
+  """The last value given to `--name` (`--name=X` or `--name X`), as absl reads it; None if none."""
+  value = None
+  for i, arg in enumerate(argv):
+    match = re.match(rf"^-{{1,2}}{re.escape(name)}(=|$)", arg)
+    if match:
+      if match.group(1) == "=":
+        value = arg.split("=", 1)[1]
+      elif i + 1 < len(argv):
+        value = argv[i + 1]
+  return value
+
+
+def _override_fields(argv: list[str], name: str) -> list[str]:
+  """The fields of `--name.<field>[=value]` / `--noname.<field>` overrides, in order (the same
+  arguments ml_collections' config flag treats as overrides)."""
+  fields = []
+  for arg in argv:
+    if re.match(rf"-{{1,2}}(no)?{re.escape(name)}\.", arg):
+      field = arg.split("=", 1)[0].split(".", 1)[1]
+      if field not in fields:
+        fields.append(field)
+  return fields
+
+
+def _config_paths(config, prefix: str = "") -> list[str]:
+  """Every dotted field path of a ConfigDict, sections included."""
+  paths = []
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    paths.append(path)
+    if hasattr(value, "items") and not isinstance(value, dict):
+      paths.extend(_config_paths(value, path + "."))
+  return paths
+
+
+def _unknown_field_message(name: str, spec: str, config, field: str) -> str:
+  """Why `--name.field` names no field of `config`, with the nearest valid field."""
+  plain = re.sub(r"\[[^\]]*\]", "", field)  # `a.b[0]` indexes field a.b
+  if plain != field:
+    try:
+      value = config_path.get_value(plain, config)
+      return f"--{name}.{field}: {spec}'s {plain} = {value!r} has no such element"
+    except (KeyError, AttributeError, IndexError, ValueError):
+      pass
+  # The deepest section that exists, and what is left of the path below it.
+  parts = plain.split(".")
+  node, depth = config, 0
+  while depth < len(parts) - 1 and parts[depth] in node and hasattr(node[parts[depth]], "items"):
+    node, depth = node[parts[depth]], depth + 1
+  section = ".".join(parts[:depth])
+  if depth == len(parts) - 1:
+    # Only the last name is wrong: compare it with its section's fields, not with whole paths
+    # (which share the section's prefix and would all look alike).
+    close = difflib.get_close_matches(parts[-1], list(node.keys()), n=1, cutoff=0.6)
+    close = [f"{section}.{close[0]}" if section else close[0]] if close else []
+  else:
+    close = difflib.get_close_matches(plain, _config_paths(config), n=1, cutoff=0.6)
+  if not close:
+    # A right name in the wrong place (`--config.batch_size`): the fields of that name anywhere.
+    close = [p for p in _config_paths(config) if p.rsplit(".", 1)[-1] == parts[-1]]
+  if close:
+    options = " or ".join(f"--{name}.{c}" for c in close)
+    return f"--{name}.{field}: {spec} has no field {plain!r}; did you mean {options}?"
+  where = f"section {section!r}" if section else "the config"
+  return (f"--{name}.{field}: {spec} has no field {plain!r} ({where} has: "
+          f"{', '.join(sorted(node.keys()))})")
+
+
+def _load_config_file(spec: str):
+  """Runs `get_config` of a `file.py[:variant]` spec as ml_collections will, or fails in one line.
+
+  Returns:
+    The config, or None when the file's `get_config` returned none (ml_collections then decides).
+  """
+  path_text, *variant = spec.split(":", 1)
+  path = pathlib.Path(path_text)
+  if not path.is_file():
+    what = "is a directory, not a config file" if path.is_dir() else "not found"
+    hint = ""
+    folder = path.parent if str(path.parent) else pathlib.Path(".")
+    if not path.is_dir() and folder.is_dir():
+      names = sorted(str(p.name) for p in folder.glob("*.py") if p.name != "__init__.py")
+      close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+      if close:
+        hint = f"; did you mean {folder / close[0]}?"
+      elif names:
+        hint = f" (configs in {folder}: {', '.join(names)})"
+    fail(f"--config {spec}: config file {path} {what}{hint}")
+  module_spec = importlib.util.spec_from_file_location(f"_posediff_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    # A broken or foreign .py file: say which and why; POSEDIFF_TRACEBACK=1 shows where.
+    if _traceback_wanted():
+      raise
+    fail(f"--config {spec}: {path} could not be loaded ({type(e).__name__}: {e})")
+  if not callable(getattr(module, "get_config", None)):
+    fail(f"--config {spec}: {path} has no get_config() function; is it a config file?")
+  try:
+    return module.get_config(*variant)
+  except (ValueError, TypeError) as e:
+    # The configs' own errors (configs.pick_variant) name the file and the valid variants.
+    fail(str(e) if path.name in str(e) else f"--config {spec}: {e}")
+
+
+def check_config_file(name: str, spec: str, argv: list[str]) -> None:
+  """Checks the config file `spec` of flag `--name` and the `--name.<field>` overrides in `argv`.
+
+  Exits with `error: ...` (status 2) naming the problem: a missing file, an unknown variant, or
+  every override that names no field (each with the nearest valid field).
+  """
+  config = _load_config_file(spec)
+  if config is None or not hasattr(config, "items"):
+    return  # not a ConfigDict: ml_collections decides what overriding it means
+  problems = []
+  for field in _override_fields(argv, name):
+    try:
+      config_path.get_value(field, config)
+    except (KeyError, AttributeError, IndexError, ValueError):
+      problems.append(_unknown_field_message(name, spec, config, field))
+  if problems:
+    fail("; ".join(problems))
+
+
+def check_config_flags(argv: list[str]) -> None:
+  """`check_config_file` for every config-file flag given a value on the command line.
+
+  A flag left at its default was loaded when it was defined; a tool whose default config takes
+  overrides calls `check_config_file` itself before defining the flag (convert_torch_weights.py).
+  """
+  argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if not isinstance(flag.parser, config_flags.ConfigFileFlagParser) or flag.name != name:
+      continue
+    spec = config_argument(argv, name)
+    if spec is not None:
+      check_config_file(name, spec, argv)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for `app.run`, with one-line errors and exit status 2 instead of a
+  `FATAL Flags parsing error` block (status 1) or a traceback."""
+  if _traceback_wanted():
+    return flags.FLAGS(argv)
+  check_config_flags(argv)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+
+
+def run(main) -> None:
+  """`absl.app.run(main)`, printing user errors as one `error: ...` line with exit status 2.
+
+  Covers the command line (`parse_flags`), `USER_ERRORS` raised by `main` and `app.UsageError`.
   Set POSEDIFF_TRACEBACK=1 to see the full traceback instead.
   """
 
   def guarded(argv):
     try:
       return main(argv)
-    except USER_ERRORS as e:
-      if os.environ.get("POSEDIFF_TRACEBACK") == "1":
+    except USER_ERRORS + (app.UsageError,) as e:
+      if _traceback_wanted():
         raise
-      message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(2)
+      fail(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=parse_flags)
