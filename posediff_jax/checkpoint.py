@@ -13,6 +13,7 @@ A checkpoint directory is an orbax `CheckpointManager` directory whose steps hol
 
 import logging
 import pathlib
+import sys
 from typing import Any, Callable
 
 import jax
@@ -32,6 +33,9 @@ def manager(directory, *, keep: int | None = None, create: bool = True) -> ocp.C
 def resolve(directory) -> pathlib.Path:
   """The orbax directory behind `directory`: itself, or a training workdir's `checkpoints`."""
   path = pathlib.Path(directory)
+  if path.is_file():
+    raise FileNotFoundError(f"checkpoint {path} is a file, not a checkpoint directory (a torch "
+                            "file must be converted first: convert_torch_weights.py)")
   if not path.is_dir():
     raise FileNotFoundError(f"checkpoint directory not found: {path}")
   if (path / "checkpoints").is_dir():
@@ -52,8 +56,44 @@ def save_model(directory, params: dict[str, Any], meta: dict[str, Any]) -> pathl
   return path
 
 
+def _quiet_aborted_restore() -> None:
+  """Drops the "Event loop is closed" reports an aborted orbax restore leaves behind.
+
+  When one file of a step is unreadable, orbax gives up while TensorStore is still reading the
+  others; as those reads finish they post to the already closed event loop, and Python prints each
+  failure as an unraisable RuntimeError with its traceback (dozens of them, arriving after the
+  restore has raised, so they cannot be waited for). They say nothing about the damage, which the
+  restore's own exception names, so from the first failed restore on the process drops exactly
+  these reports; every other unraisable error still goes to the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "posediff_quiet_restore", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.posediff_quiet_restore = True
+  sys.unraisablehook = hook
+
+
+def _reason(error: Exception) -> str:
+  """The first line of an exception (TensorStore's run over many lines), at most 200 characters."""
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else ""
+  text = text if len(text) <= 200 else text[:197] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def load_model(directory, *, use_ema: bool = False) -> tuple[dict[str, Any], dict[str, Any], int]:
   """Reads the newest complete step of a converted or training checkpoint.
+
+  Unlike a resumed training run, which sets a damaged newest step aside and falls back
+  (`restore_newest_intact`), this never changes the directory: an unreadable step is an error
+  that says which step it is and what to do.
 
   Args:
     directory: a directory written by `convert_torch_weights.py`, or a `train.py` workdir.
@@ -61,17 +101,40 @@ def load_model(directory, *, use_ema: bool = False) -> tuple[dict[str, Any], dic
 
   Returns:
     (params {'lifter': ..., 'denoiser': ...} as numpy pytrees, meta dict, step).
+
+  Raises:
+    FileNotFoundError: no such directory, or no complete step in it.
+    ValueError: the newest step cannot be read back (truncated or missing files).
+    KeyError: the step holds no `params` (or `ema_params`).
   """
   path = resolve(directory)
   mngr = manager(path, create=False)
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{path} holds no complete checkpoint step")
-  # A checkpoint written over other devices (8 GPUs, a pod) is read onto this process's first one.
-  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(fallback_sharding=fallback), meta=ocp.args.JsonRestore()))
-  mngr.close()
+  try:
+    steps = sorted(mngr.all_steps())
+    if not steps:
+      raise FileNotFoundError(f"{path} holds no complete checkpoint step")
+    step = steps[-1]
+    # A checkpoint written over other devices (8 GPUs, a pod) is read onto this process's first
+    # one.
+    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(fallback_sharding=fallback),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise many types for a damaged file; all mean the same to the user.
+      _quiet_aborted_restore()
+      step_dir = path / str(step)
+      if len(steps) > 1:
+        remedy = (f"to use the previous step {steps[-2]}, move {step_dir} out of the way (as "
+                  f"train.py does when it resumes: it renames it damaged_{step})")
+      else:
+        remedy = ("write the checkpoint again (convert_torch_weights.py, or train.py) or use "
+                  "another one")
+      raise ValueError(f"checkpoint {path} step {step} is unreadable, probably damaged "
+                       f"(truncated or missing files): {_reason(e)}; {remedy}") from e
+  finally:
+    mngr.close()
   state, meta = restored["state"], restored["meta"] or {}
   key = "ema_params" if use_ema else "params"
   if key not in state:
@@ -101,6 +164,7 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, restore: Callable[[int], 
       try:
         return step, restore(step)
       except Exception as e:  # pylint: disable=broad-except
+        _quiet_aborted_restore()
         logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the previous one",
                         step, mngr.directory, type(e).__name__, str(e)[:300])
         path = pathlib.Path(mngr.directory) / str(step)
