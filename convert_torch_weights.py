@@ -21,11 +21,11 @@ are listed.
 import pathlib
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from posediff_jax import checkpoint
+from posediff_jax import config_checks
 from posediff_jax import families
 from posediff_jax import runtime
 
@@ -70,13 +70,11 @@ flags.mark_flags_as_required(["family", "output"])
 
 def main(argv):
   del argv
-  runtime.initialize()
-  if not _CHECKPOINT.value and not _LIFTER.value:
-    raise app.UsageError("give --checkpoint (and --lifter for DiffPose/ICASSP, or mmDiff's "
-                         "phase 1), or --lifter alone")
   config = _CONFIG.value
-  if config.family != _FAMILY.value:
-    raise app.UsageError(f"--family {_FAMILY.value} but --config is for {config.family!r}")
+  # The files, the model sizes and the output directory before anything is read or written.
+  config_checks.check_convert(config, _FAMILY.value, _CHECKPOINT.value, _LIFTER.value,
+                              _CLIP.value, _OUTPUT.value)
+  runtime.initialize()
   family = families.get(_FAMILY.value)
   extra = {"clip_path": _CLIP.value} if _CLIP.value else {}
   params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value, **extra)

@@ -11,6 +11,7 @@ A multi-process job (one process per host) adds --coordinator_address=HOST0:PORT
 from absl import flags
 from ml_collections import config_flags
 
+from posediff_jax import config_checks
 from posediff_jax import evaluation
 from posediff_jax import runtime
 
@@ -25,6 +26,8 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 
 def main(argv):
   del argv
+  # Every value and path (the output and plot folder too) before the evaluation runs.
+  config_checks.check_evaluate(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value, _PLOTS.value)
   runtime.initialize()
   evaluation.run(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value, plots_dir=_PLOTS.value)
 

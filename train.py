@@ -13,6 +13,7 @@ SIGTERM (preemption) saves a checkpoint at the current step and exits with statu
 from absl import flags
 from ml_collections import config_flags
 
+from posediff_jax import config_checks
 from posediff_jax import runtime
 from posediff_jax import training
 
@@ -24,6 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # Every value, path and the workdir before any data is read or directory created.
+  config_checks.check_train(_CONFIG.value, _WORKDIR.value)
   runtime.initialize()
   training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -30,6 +30,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from posediff_jax import checkpoint
+from posediff_jax import config_checks
 from posediff_jax import evaluation
 from posediff_jax import families
 from posediff_jax import keypoints as keypoints_lib
@@ -269,8 +270,11 @@ def main(argv, holders):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; every option is one --flag=value "
                      "(e.g. --image_size=1920,1080)")
-  runtime.initialize()
   value = {name: holder.value for name, holder in holders.items()}
+  # Every value and path before the keypoints or the model are read.
+  config_checks.check_predict(value["config"], value["checkpoint"], value["keypoints"],
+                              value["output"], value["render"], value["fps"])
+  runtime.initialize()
   run(value["config"], value["checkpoint"], value["keypoints"], value["output"],
       layout=value["format"], image_size=parse_image_size(value["image_size"]),
       normalized=value["normalized"], min_confidence=value["min_confidence"],

@@ -243,6 +243,9 @@ def run(main) -> None:
   """
 
   def guarded(argv):
+    # Quiet library INFO logs (matplotlib's font cache, orbax) from the first line of main on;
+    # `initialize` does it too, but the tools check their input before they call it.
+    logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except USER_ERRORS + (app.UsageError,) as e:
