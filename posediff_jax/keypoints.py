@@ -17,9 +17,22 @@ The models take Human3.6M-17 keypoints in normalised screen coordinates (`[N, 17
      and a frame without a person counts as all joints missing.
    A single pose `[17, C]` in `.npz` / `.npy` is read as one frame.
 2. `prepare_keypoints` marks joints as missing (confidence below `min_confidence`, zero confidence,
-   or non-finite coordinates), fills them by linear interpolation over time (the nearest observed
-   value before the first / after the last observation), maps COCO-17 to Human3.6M-17 and
-   normalises by the image size.
+   or non-finite coordinates), checks that the observed keypoints can be what the caller says they
+   are (`check_plausible`), fills the missing ones by linear interpolation over time (the nearest
+   observed value before the first / after the last observation), maps COCO-17 to Human3.6M-17
+   and normalises by the image size.
+
+`check_plausible` refuses input that would otherwise give confident garbage: pixel keypoints read
+as normalised (`--normalized`: 78 m legs), keypoints far outside the image size given, or one joint
+layout read as the other. It looks at the observed joints of every frame and refuses when more
+than `MAX_OUTLIER_FRACTION` of the frames are out of range (a few wild detections are reported as
+warnings instead), or when most frames look like the other layout: COCO's joints 0-4 (nose, eyes,
+ears) sit within a head's size of each other, while Human3.6M's joints 0-4 (pelvis, right hip,
+knee, foot, left hip) span hip to foot, with the pelvis midway between the hips. On synthetic
+walking, sitting and other Human3.6M actions seen by all four cameras the spread of joints 0-4 is
+at least 0.34 of the pose's size (bounding-box diagonal) for Human3.6M and at most 0.18 for COCO;
+the pelvis sits within 0.03 hip widths of the hips' midpoint, COCO's nose at least 0.85 of the
+eye-to-ear distance from theirs.
 
 COCO-17 -> Human3.6M-17 (`coco_to_h36m`), as MotionBERT's `coco2h36m` does it:
 
@@ -37,6 +50,8 @@ import math
 import pathlib
 import re
 from typing import Sequence
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -53,6 +68,16 @@ LAYOUTS = ("coco", "h36m")
 FORMATS = ("auto",) + LAYOUTS
 # Confidence below which a joint counts as missing unless the caller says otherwise.
 DEFAULT_MIN_CONFIDENCE = 0.3
+
+# Plausibility (`check_plausible`). Normalised screen coordinates span [-1, 1] in x and [-H/W, H/W]
+# in y (portrait images go beyond 1); pixel keypoints may lie a little outside the image.
+NORMALIZED_LIMITS = (1.5, 2.0)  # largest |x|, |y| accepted as normalised
+PIXEL_MARGIN = 0.25  # accepted beyond each image edge, as a fraction of the width / height
+MAX_OUTLIER_FRACTION = 0.1  # more frames than this out of range: refused; fewer: warnings
+# Layout cues (module docstring): spread of joints 0-4 over the pose's size, and the distance of
+# joint 0 from the midpoint of joints 1 and 4 over their distance.
+FACE_SPREAD_SPLIT = 0.25
+PELVIS_OFFSET_SPLIT = 0.25
 
 # Each Human3.6M joint as a weighted mean of COCO joints: {h36m index: {coco index: weight}}.
 _COCO_TO_H36M = {
@@ -112,11 +137,13 @@ class PreparedKeypoints:
     pixels: float32 `[N, 17, 2]` the same in pixels, or None when the input was already normalised.
     interpolated: bool `[N, 17]` Human3.6M joints filled in (wholly or partly) by interpolation.
     image_size: `(width, height)` in pixels, or None.
+    warnings: what `check_plausible` found odd in a few frames but did not refuse.
   """
   normalized: np.ndarray
   pixels: np.ndarray | None
   interpolated: np.ndarray
   image_size: tuple[int, int] | None
+  warnings: tuple[str, ...] = ()
 
 
 def joint_names(layout: str) -> tuple[str, ...]:
@@ -154,6 +181,8 @@ def load_keypoints(path, layout: str = "auto") -> KeypointSequence:
     raise ValueError(f"unknown keypoint format {layout!r}; expected one of {', '.join(FORMATS)}")
   if not path.is_file():
     raise FileNotFoundError(f"keypoint file not found: {path}")
+  if path.stat().st_size == 0:
+    raise ValueError(f"{path} is empty (0 bytes); was it written completely?")
   suffix = path.suffix.lower()
   file_layout = None
   if suffix == ".json":
@@ -196,11 +225,21 @@ def _split_channels(array: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarra
   return array[..., :2], scores
 
 
+# What numpy raises for a truncated or damaged .npy / .npz (a zip archive) file.
+_UNREADABLE = (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error)
+
+
+def _unreadable(path: pathlib.Path, kind: str, error: Exception) -> ValueError:
+  reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return ValueError(f"{path}: not a readable plain numeric {kind} file ({reason}); is it "
+                    f"truncated or damaged ({path.stat().st_size} bytes)?")
+
+
 def _read_npy(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None]:
   try:
     array = np.load(path, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f"{path}: not a plain numeric .npy array ({e})") from e
+  except _UNREADABLE as e:
+    raise _unreadable(path, ".npy", e) from e
   return _split_channels(array, str(path))
 
 
@@ -208,8 +247,8 @@ def _read_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None, str | 
   try:
     with np.load(path, allow_pickle=False) as npz:
       members = {name: npz[name] for name in npz.files}
-  except ValueError as e:
-    raise ValueError(f"{path}: not a plain numeric .npz file ({e})") from e
+  except _UNREADABLE as e:
+    raise _unreadable(path, ".npz", e) from e
   if "keypoints" not in members:
     found = ", ".join(sorted(members)) or "none"
     raise ValueError(f"{path}: no 'keypoints' array (found: {found})")
@@ -414,6 +453,134 @@ def check_image_size(image_size) -> tuple[int, int]:
   return int(width), int(height)
 
 
+def _frame_list(frames: np.ndarray, total: int) -> str:
+  """'3 of 11 frames (0, 4, 7)', at most 5 frame numbers shown."""
+  shown = ", ".join(str(int(f)) for f in frames[:5]) + (", ..." if len(frames) > 5 else "")
+  return f"{len(frames)} of {total} frame{'s' if total > 1 else ''} ({shown})"
+
+
+def _range_check(keypoints, observed, low, high, names) -> tuple[np.ndarray, str]:
+  """(frames with an observed joint outside [low, high] per axis, the first such joint shown)."""
+  outside = observed & np.any((keypoints < low) | (keypoints > high), axis=-1)  # [N, J]
+  frames = np.flatnonzero(outside.any(axis=1))
+  if not frames.size:
+    return frames, ""
+  f = frames[0]
+  j = int(np.flatnonzero(outside[f])[0])
+  x, y = keypoints[f, j]
+  return frames, f"frame {f}, {names[j]} at ({x:.1f}, {y:.1f})"
+
+
+def _layout_cues(keypoints, observed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per frame: (usable, spread of joints 0-4 / pose size, |j0 - mid(j1, j4)| / |j1 - j4|).
+
+  A frame is usable when joints 0-4 and at least 10 joints in all are observed; the offset is NaN
+  where joints 1 and 4 nearly coincide (a side view), which says nothing about the layout.
+  """
+  def diagonal(points, mask):  # bounding-box diagonal of the observed points (0 if none)
+    inside = mask[..., None]
+    extent = (np.where(inside, points, -np.inf).max(axis=-2)
+              - np.where(inside, points, np.inf).min(axis=-2))
+    return np.linalg.norm(np.where(np.isfinite(extent), extent, 0.0), axis=-1)
+
+  size = diagonal(keypoints, observed)
+  usable = observed[:, :5].all(axis=1) & (observed.sum(axis=1) >= 10) & (size > 0)
+  safe = np.where(usable, size, 1.0)
+  spread = np.where(usable, diagonal(keypoints[:, :5], observed[:, :5]) / safe, np.nan)
+  width = np.linalg.norm(keypoints[:, 1] - keypoints[:, 4], axis=-1)
+  offset = np.linalg.norm(keypoints[:, 0] - (keypoints[:, 1] + keypoints[:, 4]) / 2, axis=-1)
+  measurable = usable & (width > 0.02 * safe)
+  offset = np.where(measurable, offset / np.where(measurable, width, 1.0), np.nan)
+  return usable, spread, offset
+
+
+def check_plausible(sequence: KeypointSequence, missing: np.ndarray, *, image_size=None,
+                    normalized_input: bool = False) -> tuple[str, ...]:
+  """Refuses keypoints that cannot be what the caller says (module docstring: the cues).
+
+  Only observed joints count (`missing` False; for COCO the ears are ignored, as by the mapping).
+
+  Args:
+    sequence: the keypoints as read (`[N, 17, 2]` in the file's layout).
+    missing: bool `[N, 17]`, `missing_joints`' mask.
+    image_size: `(width, height)` of pixel keypoints (checked against it), or None.
+    normalized_input: the keypoints are said to be normalised screen coordinates.
+
+  Returns:
+    Warnings about a few out-of-range frames (at most `MAX_OUTLIER_FRACTION` of them).
+
+  Raises:
+    ValueError: more frames than that out of range, or most usable frames in the other layout;
+      the message gives the frames, a joint and its value, the expected range and the flag that
+      fixes it.
+  """
+  points, source = sequence.keypoints, sequence.source
+  present = ~np.asarray(missing, bool)
+  # The value ranges only matter for the joints the model sees (not COCO's ears); the layout cues
+  # need joints 0-4 whatever the layout.
+  observed = present.copy()
+  if sequence.layout == "coco":
+    observed[:, [j for j in range(NUM_JOINTS) if j not in COCO_JOINTS_USED]] = False
+  names = joint_names(sequence.layout)
+  total = int(observed.any(axis=1).sum())
+  warnings = []
+  if total:
+    largest = float(np.max(np.abs(points[observed])))
+    if normalized_input:
+      lx, ly = NORMALIZED_LIMITS
+      frames, example = _range_check(points, observed, (-lx, -ly), (lx, ly), names)
+      expected = (f"normalised coordinates lie within about [-1, 1] (accepted: |x| <= {lx:g}, "
+                  f"|y| <= {ly:g})")
+      fix = ("they look like pixels: drop --normalized and pass --image_size=W,H"
+             if largest > 10 else "check the file, or pass pixel keypoints with --image_size=W,H")
+    else:
+      width, height = image_size
+      low = (-PIXEL_MARGIN * width, -PIXEL_MARGIN * height)
+      high = ((1 + PIXEL_MARGIN) * width, (1 + PIXEL_MARGIN) * height)
+      frames, example = _range_check(points, observed, low, high, names)
+      expected = (f"keypoints of a {width}x{height} image (--image_size) lie within x in "
+                  f"[{low[0]:g}, {high[0]:g}], y in [{low[1]:g}, {high[1]:g}] (the image and a "
+                  f"{PIXEL_MARGIN:.0%} margin)")
+      fix = "pass the size of the images the keypoints were detected in (--image_size=W,H)"
+      if largest <= max(NORMALIZED_LIMITS):
+        # No real pose spans a few pixels: these are normalised coordinates.
+        raise ValueError(
+            f"{source}: every keypoint lies within {largest:.3g} of 0, which as pixels of a "
+            f"{width}x{height} image (--image_size) would be a person a few pixels tall; they "
+            "look normalised already: pass --normalized instead of --image_size")
+    if frames.size > MAX_OUTLIER_FRACTION * total:
+      raise ValueError(f"{source}: {_frame_list(frames, total)} have keypoints out of range, e.g. "
+                       f"{example} (largest |value| {largest:.4g}); {expected}; {fix}")
+    if frames.size:
+      warnings.append(f"{source}: {_frame_list(frames, total)} have keypoints out of range, e.g. "
+                      f"{example}; {expected}; these joints are used as they are")
+  usable, spread, offset = _layout_cues(points, present)
+  count = int(usable.sum())
+  if count:
+    with np.errstate(invalid="ignore"):
+      like_coco = usable & (spread < FACE_SPREAD_SPLIT) & ~(offset < PELVIS_OFFSET_SPLIT)
+      like_h36m = usable & (spread > FACE_SPREAD_SPLIT) & (offset < PELVIS_OFFSET_SPLIT)
+    other = like_coco if sequence.layout == "h36m" else like_h36m
+    if other.sum() > count / 2:
+      frames = np.flatnonzero(other)
+      median = float(np.median(spread[frames]))
+      hint = (" (or correct the file's 'layout' entry)"
+              if sequence.source.lower().endswith(".npz") else "")
+      if sequence.layout == "h36m":
+        raise ValueError(
+            f"{source}: read as Human3.6M-17, but in {_frame_list(frames, count)} joints 0-4 lie "
+            f"within {median:.0%} of the pose's size of each other (median), as COCO-17's nose, "
+            "eyes and ears do; Human3.6M's joints 0-4 (pelvis, right hip, knee, foot, left hip) "
+            f"span hip to foot (over {FACE_SPREAD_SPLIT:.0%}); pass --format coco{hint}")
+      raise ValueError(
+          f"{source}: read as COCO-17, but in {_frame_list(frames, count)} joints 0-4 spread over "
+          f"{median:.0%} of the pose's size (median) and joint 0 sits midway between joints 1 "
+          "and 4, as Human3.6M-17's pelvis between its hips does; COCO's joints 0-4 (nose, eyes, "
+          f"ears) lie within a head's size (under {FACE_SPREAD_SPLIT:.0%}); pass --format "
+          f"h36m{hint}")
+  return tuple(warnings)
+
+
 def prepare_keypoints(sequence: KeypointSequence, *, image_size=None,
                       min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                       normalized_input: bool = False) -> PreparedKeypoints:
@@ -430,7 +597,7 @@ def prepare_keypoints(sequence: KeypointSequence, *, image_size=None,
 
   Raises:
     ValueError: no or a non-positive image size, all confidences zero, no joint above the
-      threshold, or a joint never observed.
+      threshold, a joint never observed, or keypoints `check_plausible` refuses.
   """
   source = sequence.source
   if normalized_input:
@@ -452,6 +619,8 @@ def prepare_keypoints(sequence: KeypointSequence, *, image_size=None,
       raise ValueError(f"{source}: no keypoint reaches the confidence threshold {min_confidence} "
                        f"(highest: {finite.max():.3g}); lower --min_confidence")
   missing = missing_joints(sequence.keypoints, scores, min_confidence)
+  warnings = check_plausible(sequence, missing, image_size=image_size,
+                             normalized_input=normalized_input)
   names = joint_names(sequence.layout)
   required = COCO_JOINTS_USED if sequence.layout == "coco" else None
   filled = interpolate_missing(sequence.keypoints, missing, names=names, required=required,
@@ -463,9 +632,9 @@ def prepare_keypoints(sequence: KeypointSequence, *, image_size=None,
     interpolated = missing
   if normalized_input:
     return PreparedKeypoints(normalized=filled.astype(np.float32), pixels=None,
-                             interpolated=interpolated, image_size=None)
+                             interpolated=interpolated, image_size=None, warnings=warnings)
   pixels = filled.astype(np.float32)
   normalized = cameras.normalize_screen_coordinates(pixels, *image_size)
   return PreparedKeypoints(normalized=normalized, pixels=pixels, interpolated=interpolated,
-                           image_size=image_size)
+                           image_size=image_size, warnings=warnings)
 

@@ -23,6 +23,7 @@ The output `.npz` holds, for N frames:
 
 import functools
 import pathlib
+import sys
 
 from absl import flags
 import jax
@@ -200,6 +201,8 @@ def run(config, checkpoint_dir, keypoints_path, output, *, layout: str = "auto",
   prepared = keypoints_lib.prepare_keypoints(sequence, image_size=image_size,
                                              min_confidence=min_confidence,
                                              normalized_input=normalized)
+  for warning in prepared.warnings:
+    print(f"warning: {warning}", file=sys.stderr)
   num_frames = sequence.num_frames
   if render_frame is not None and not render:
     raise ValueError("--render_frame picks the frame of a --render=....png; no --render given")
