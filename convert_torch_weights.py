@@ -28,6 +28,10 @@ from posediff_jax import checkpoint
 from posediff_jax import config_checks
 from posediff_jax import families
 from posediff_jax import runtime
+from posediff_jax import safe_load
+from posediff_jax.convert import common as convert_common
+from posediff_jax.convert import diffpose as convert_diffpose
+from posediff_jax.convert import mmdiff as convert_mmdiff
 
 _CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -68,6 +72,34 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["family", "output"])
 
 
+def _with_second_file(error: convert_common.ConversionError, config, family: str, second_path):
+  """A denoiser's size error, with the sizes of the second file too (the lifter, or mmDiff's
+  phase-1 encoder), which the conversion never reached: all the overrides in one message.
+
+  Only sizes are added; any other problem of the second file is reported once the sizes fit.
+  """
+  if (not error.mismatches or not second_path or error.source is None
+      or not all(m.field.startswith(("model.", "diffusion.")) for m in error.mismatches)):
+    return error
+  try:
+    if family in ("diffpose", "icassp"):
+      state_dict = convert_common.extract_state_dict(
+          safe_load.load_torch_checkpoint(second_path), second_path)
+      more = convert_diffpose.lifter_size_mismatches(state_dict, config.lifter)
+    elif family == "mmdiff":
+      more = convert_mmdiff.phase1_size_mismatches(
+          convert_mmdiff.load_state_dict(second_path),
+          families.get(family).encoder_module(config))
+    else:
+      return error
+  except runtime.USER_ERRORS:
+    return error
+  if not more:
+    return error
+  return convert_common.size_error(error.source, error.mismatches,
+                                   more=[(str(second_path), more)])
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -77,7 +109,13 @@ def main(argv):
   runtime.initialize()
   family = families.get(_FAMILY.value)
   extra = {"clip_path": _CLIP.value} if _CLIP.value else {}
-  params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value, **extra)
+  try:
+    params, report = family.convert(config, _CHECKPOINT.value, _LIFTER.value, **extra)
+  except convert_common.ConversionError as e:
+    combined = _with_second_file(e, config, _FAMILY.value, _LIFTER.value)
+    if combined is e:
+      raise
+    raise combined from e
   meta = family.checkpoint_meta(config)
   meta["source"] = {"checkpoint": _CHECKPOINT.value, "lifter": _LIFTER.value}
   meta["unused_torch_keys"] = report

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import shlex
 import tempfile
 
 import numpy as np
@@ -136,6 +137,19 @@ _RULES = [
 ]
 
 _MISSING = object()
+
+
+def _literal(value) -> str:
+  """`value` as the config override parsers read it (tuples for lists, as ml_collections does)."""
+  if isinstance(value, (list, tuple)):
+    items = ", ".join(_literal(v) if isinstance(v, (list, tuple)) else repr(v) for v in value)
+    return f"({items}{',' if len(value) == 1 else ''})"
+  return str(value)
+
+
+def override_flag(field: str, value) -> str:
+  """`--config.<field>=<value>`, quoted for a POSIX shell when it needs to be."""
+  return shlex.quote(f"--config.{field}={_literal(value)}")
 
 
 def _get(config, path: str):

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from posediff_jax import checkpoint
+from posediff_jax import config_checks
 from posediff_jax import datasets
 from posediff_jax import families
 from posediff_jax import metrics
@@ -117,19 +118,27 @@ def _as_json(value):
 
 
 def check_checkpoint_matches(config, meta: dict[str, Any], path) -> None:
-  """A clear error when a checkpoint was made for another family or other model sizes."""
+  """A clear error when a checkpoint was made for another family or other model sizes.
+
+  Every size that differs is named at once, with the overrides that fit the checkpoint.
+  """
   family = meta.get("family")
   if family and family != config.family:
     raise ValueError(f"checkpoint {path} holds a {family!r} model but the config is for "
                      f"{config.family!r}; use the matching configs/{family}_*.py")
+  differing = []
   for section in ("model", "lifter", "phase1"):
     saved = meta.get(section) or {}
     for field, value in saved.items():
       # JSON turns tuples into lists; compare as JSON does.
       if field in config.get(section, {}) and _as_json(config[section][field]) != value:
-        raise ValueError(
-            f"checkpoint {path} has {section}.{field}={value} but the config says "
-            f"{config[section][field]}; pass --config.{section}.{field}={value}")
+        differing.append((f"{section}.{field}", value, config[section][field]))
+  if differing:
+    listed = ", ".join(f"{name}={value} (the config has {configured})"
+                       for name, value, configured in differing)
+    flags = " ".join(config_checks.override_flag(name, value) for name, value, _ in differing)
+    raise ValueError(f"checkpoint {path} was made with other model sizes than the config: "
+                     f"{listed}; pass {flags}")
 
 
 def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None) -> dict[str, Any]:

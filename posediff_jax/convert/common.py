@@ -7,6 +7,10 @@ and refuses anything it cannot account for: a torch key matched by no rule and n
 a rule that points outside the model, two keys for one parameter, a shape that does not fit, or a
 parameter left empty. Declared-unused keys are listed in the returned report, never dropped
 silently.
+
+Before mapping, each converter reads every size the weights determine (widths, depths, layer and
+frame counts) and compares them all with the config: `size_error` then names every differing
+field at once, with the exact `--config.<field>=<value>` overrides that fit the file.
 """
 
 import dataclasses
@@ -16,9 +20,75 @@ from typing import Any
 
 import numpy as np
 
+from posediff_jax import config_checks
+
 
 class ConversionError(ValueError):
-  """A checkpoint does not fit the model it is being converted for."""
+  """A checkpoint does not fit the model it is being converted for.
+
+  Attributes:
+    mismatches: the model sizes that differ from the config (`SizeMismatch`), when that is why.
+    source: the file they were read from.
+  """
+
+  def __init__(self, message: str, *, mismatches: Sequence["SizeMismatch"] = (),
+               source: str | None = None):
+    super().__init__(message)
+    self.mismatches = tuple(mismatches)
+    self.source = source
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeMismatch:
+  """A model size the checkpoint's weights determine that differs from the config's.
+
+  Attributes:
+    field: the dotted config field, e.g. 'model.hid_dim'.
+    found: the checkpoint's value, or None when the weights fix no single value (see `advice`).
+    configured: the config's value.
+    evidence: how the weights show it, e.g. "key 'gconv_input.weight' has shape [3, 1, 5, 64]".
+    advice: what to set instead, when `found` is None.
+  """
+  field: str
+  found: Any
+  configured: Any
+  evidence: str = ""
+  advice: str = ""
+
+  def describe(self) -> str:
+    head = f"{self.field}={self.found} in the checkpoint" if self.found is not None else self.field
+    evidence = f" ({self.evidence})" if self.evidence else ""
+    text = f"{head}{evidence}, {self.configured} in the config"
+    return text + (f": {self.advice}" if self.advice else "")
+
+
+def size_error(source: str, mismatches: Sequence[SizeMismatch], *,
+               more: Sequence[tuple[str, Sequence[SizeMismatch]]] = ()) -> ConversionError:
+  """One error naming every size that differs, and the overrides that fit the checkpoint.
+
+  Args:
+    source: the checkpoint file.
+    mismatches: its sizes that differ from the config's.
+    more: (file, mismatches) of the other files of the same conversion (e.g. the lifter).
+  """
+  parts = [(source, tuple(mismatches))] + [(s, tuple(m)) for s, m in more if m]
+  every = [m for _, part in parts for m in part]
+  flags = [config_checks.override_flag(m.field, m.found) for m in every if m.found is not None]
+  if len(parts) == 1:
+    text = (f"{source}: the checkpoint's model sizes differ from the config's: "
+            + "; ".join(m.describe() for m in every))
+  else:
+    text = "the checkpoints' model sizes differ from the config's: " + "; ".join(
+        f"{s}: " + "; ".join(m.describe() for m in part) for s, part in parts)
+  if flags:
+    text += "; pass " + " ".join(flags)
+  return ConversionError(text, mismatches=every, source=source)
+
+
+def check_sizes(mismatches: Sequence[SizeMismatch], source: str) -> None:
+  """Raises `size_error` when there is any mismatch."""
+  if mismatches:
+    raise size_error(source, mismatches)
 
 
 # --------------------------------------------------------------------------------------------------

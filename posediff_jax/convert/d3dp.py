@@ -146,21 +146,50 @@ def infer_d3dp_dims(state_dict: Mapping[str, np.ndarray], source: str = "checkpo
               embed_dim=embed_dim, depth=depth, mlp_ratio=mlp_ratio)
 
 
-def _check_dims(sd, model: d3dp_models.MixSTEDenoiser, config_name: str, source: str) -> None:
+_EVIDENCE = {
+    "num_frames": "read from 'Temporal_pos_embed' [1, F, C]",
+    "num_joints": "read from 'Spatial_pos_embed' [1, J, C]",
+    "embed_dim": "read from 'Temporal_pos_embed' [1, F, C]",
+    "depth": "the number of STEblocks.*",
+}
+
+
+def backbone_mismatches(dims: Mapping[str, Any], model, config_name: str
+                        ) -> list[common.SizeMismatch]:
+  """The MixSTE sizes in `dims` (`infer_d3dp_dims`) that differ from `model`'s.
+
+  The MLP width is compared at the checkpoint's own width, so a wrong embed_dim is not also
+  reported as a wrong mlp_ratio.
+  """
+  out = []
+  for field in ("num_frames", "num_joints", "embed_dim", "depth"):
+    if dims[field] != getattr(model, field):
+      out.append(common.SizeMismatch(f"{config_name}.{field}", dims[field],
+                                     getattr(model, field), _EVIDENCE[field]))
+  ratio = dims["mlp_ratio"]
+  if ratio is not None and int(dims["embed_dim"] * model.mlp_ratio) != round(
+      ratio * dims["embed_dim"]):
+    out.append(common.SizeMismatch(
+        f"{config_name}.mlp_ratio", float(f"{ratio:g}"), model.mlp_ratio,
+        f"the MLP of STEblocks.0 is {round(ratio * dims['embed_dim'])} wide"))
+  return out
+
+
+def schedule_mismatches(sd: Mapping[str, np.ndarray], num_steps: int
+                        ) -> list[common.SizeMismatch]:
+  """diffusion.num_steps, when the checkpoint's schedule buffers have another length."""
+  for key in ("betas", "alphas_cumprod"):
+    if key in sd and np.ndim(sd[key]) == 1 and np.shape(sd[key])[0] != num_steps:
+      return [common.SizeMismatch("diffusion.num_steps", int(np.shape(sd[key])[0]), num_steps,
+                                  f"schedule buffer {key!r} has {np.shape(sd[key])[0]} steps")]
+  return []
+
+
+def _check_dims(sd, model: d3dp_models.MixSTEDenoiser, config_name: str, source: str,
+                num_steps: int) -> None:
   dims = infer_d3dp_dims(sd, source)
-  expected = dict(num_frames=model.num_frames, num_joints=model.num_joints,
-                  embed_dim=model.embed_dim, depth=model.depth)
-  for field, want in expected.items():
-    if dims[field] != want:
-      raise common.ConversionError(
-          f"{source}: the checkpoint has {field}={dims[field]} but the model has {field}={want}; "
-          f"set --config.{config_name}.{field}={dims[field]}")
-  if dims["mlp_ratio"] is not None and int(model.embed_dim * model.mlp_ratio) != round(
-      dims["mlp_ratio"] * model.embed_dim):
-    raise common.ConversionError(
-        f"{source}: the checkpoint's MLP width is {round(dims['mlp_ratio'] * model.embed_dim)} "
-        f"(mlp_ratio={dims['mlp_ratio']:g}) but the model has mlp_ratio={model.mlp_ratio:g}; set "
-        f"--config.{config_name}.mlp_ratio={dims['mlp_ratio']:g}")
+  common.check_sizes(backbone_mismatches(dims, model, config_name)
+                     + schedule_mismatches(sd, num_steps), source)
 
 
 def check_schedule(sd: Mapping[str, np.ndarray], num_steps: int, source: str
@@ -221,7 +250,7 @@ def convert_denoiser(state_dict: Mapping[str, np.ndarray], model_cfg, diffusion_
                                  f"{diffusion_cfg.beta_schedule!r}")
   sd = normalize_keys(state_dict, source)
   model = d3dp_models.denoiser_from_config(model_cfg)
-  _check_dims(sd, model, config_name, source)
+  _check_dims(sd, model, config_name, source, int(diffusion_cfg.num_steps))
   checked = check_schedule(sd, int(diffusion_cfg.num_steps), source)
   frames, joints = model.num_frames, model.num_joints
   template = jax.eval_shape(

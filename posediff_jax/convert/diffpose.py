@@ -94,9 +94,38 @@ def infer_diffpose_dims(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
               out_dim=int(output.shape[3]) if output is not None and output.ndim == 4 else None)
 
 
+def size_mismatches(sd, dims: Mapping[str, Any], *, hid_dim: int, num_layers: int, in_dim: int,
+                    config_name: str, in_field: str | None = None) -> list[common.SizeMismatch]:
+  """Every size `infer_diffpose_dims` read off `sd` that differs from the model's.
+
+  Args:
+    sd: the state dict (for the evidence).
+    dims: `infer_diffpose_dims(sd)`.
+    hid_dim, num_layers, in_dim: the model's.
+    config_name: the config section of the model ('model' or 'lifter').
+    in_field: the config field of the input channels (e.g. 'coords_dim'), if the config has one.
+  """
+  out = []
+  if dims["hid_dim"] != hid_dim:
+    found = list(np.shape(sd["gconv_input.weight"]))
+    needs = [found[0], 1, dims["in_dim"], hid_dim]
+    out.append(common.SizeMismatch(
+        f"{config_name}.hid_dim", dims["hid_dim"], hid_dim,
+        f"key 'gconv_input.weight' has shape {found}, where the config's hid_dim={hid_dim} "
+        f"needs {needs}"))
+  if dims["num_layers"] != num_layers:
+    out.append(common.SizeMismatch(f"{config_name}.num_layers", dims["num_layers"], num_layers,
+                                   f"{dims['num_layers']} attention layers atten_layers.*"))
+  if in_field is not None and dims["in_dim"] != in_dim:
+    out.append(common.SizeMismatch(f"{config_name}.{in_field}", dims["in_dim"], in_dim,
+                                   f"gconv_input takes {dims['in_dim']} channels"))
+  return out
+
+
 def _check_checkpoint(sd, kind: str, hid_dim: int, num_layers: int, in_dim: int,
-                      config_name: str, source: str) -> None:
-  """Fails early, with a family-level diagnosis, when the checkpoint is not the expected model."""
+                      config_name: str, source: str, in_field: str | None = None) -> None:
+  """Fails early, with a family-level diagnosis, when the checkpoint is not the expected model,
+  and with every differing size at once when it is one of other sizes."""
   dims = infer_diffpose_dims(sd)
   if dims["kind"] != kind:
     evidence = {
@@ -108,18 +137,26 @@ def _check_checkpoint(sd, kind: str, hid_dim: int, num_layers: int, in_dim: int,
     raise common.ConversionError(
         f"{source}: this looks like {_with_article(_KIND_NAMES[dims['kind']])} checkpoint "
         f"({evidence}), expected {_with_article(_KIND_NAMES[kind])}")
-  if dims["hid_dim"] != hid_dim:
-    found = tuple(sd["gconv_input.weight"].shape)
-    expected = (found[0], 1, in_dim, hid_dim)
-    raise common.ConversionError(
-        f"{source}: key 'gconv_input.weight' has shape {list(found)} but the model "
-        f"(hid_dim={hid_dim}) expects {list(expected)}: the checkpoint has hid_dim="
-        f"{dims['hid_dim']}; set --config.{config_name}.hid_dim={dims['hid_dim']}")
-  if dims["num_layers"] != num_layers:
-    raise common.ConversionError(
-        f"{source}: the checkpoint has {dims['num_layers']} attention layers (atten_layers.*) but "
-        f"the model has num_layers={num_layers}; set "
-        f"--config.{config_name}.num_layers={dims['num_layers']}")
+  common.check_sizes(size_mismatches(sd, dims, hid_dim=hid_dim, num_layers=num_layers,
+                                     in_dim=in_dim, config_name=config_name, in_field=in_field),
+                     source)
+
+
+def lifter_size_mismatches(state_dict: Mapping[str, np.ndarray], model_cfg, *,
+                           config_name: str = "lifter") -> list[common.SizeMismatch]:
+  """The sizes of a lifter checkpoint that differ from `model_cfg` (nothing is mapped).
+
+  Raises:
+    common.ConversionError: not a DiffPose lifter checkpoint.
+  """
+  sd = common.strip_module_prefix(state_dict)
+  model = diffpose_models.lifter_from_config(model_cfg)
+  dims = infer_diffpose_dims(sd)
+  if dims["kind"] != "lifter":
+    raise common.ConversionError(f"this looks like {_with_article(_KIND_NAMES[dims['kind']])} "
+                                 "checkpoint, not a lifter")
+  return size_mismatches(sd, dims, hid_dim=model.hid_dim, num_layers=model.num_layers,
+                         in_dim=model.in_dim, config_name=config_name)
 
 
 def _params_template(model, *inputs) -> dict[str, Any]:
@@ -175,7 +212,7 @@ def convert_denoiser(state_dict: Mapping[str, np.ndarray], model_cfg, *, config_
   sd = common.strip_module_prefix(state_dict)
   model = diffpose_models.denoiser_from_config(model_cfg)
   _check_checkpoint(sd, "denoiser", model.hid_dim, model.num_layers, model.coords_dim, config_name,
-                    source)
+                    source, in_field="coords_dim")
   template = _params_template(
       model, jnp.zeros((1, model.num_joints, model.coords_dim), jnp.float32),
       jnp.zeros((1,), jnp.float32))

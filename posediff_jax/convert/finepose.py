@@ -226,22 +226,25 @@ def infer_text_dims(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
               text_ff_dim=int(ff.shape[0]) if ff is not None else -1)
 
 
-def _check_dims(sd, model, config_name: str, source: str) -> None:
+_TEXT_EVIDENCE = {
+    "text_width": "read from 'text_ln.weight' [width]",
+    "text_layers": "the number of textTransEncoder.layers.*",
+    "text_ff_dim": "read from 'textTransEncoder.layers.0.linear1.weight' [ff, width]",
+}
+
+
+def _check_dims(sd, model, config_name: str, source: str, num_steps: int) -> None:
+  """Every size the weights determine, compared with the model's before any key is mapped."""
   backbone = {k: v for k, v in sd.items() if not k.startswith((
       "textTransEncoder.", "temporal_cross_attn.", "text_ln.", "text_proj.", "STEgat."))}
-  dims = dict(convert_d3dp.infer_d3dp_dims(backbone, source), **infer_text_dims(sd))
-  for field in ("num_frames", "num_joints", "embed_dim", "depth", "text_width", "text_layers",
-                "text_ff_dim"):
-    if dims[field] != getattr(model, field):
-      raise common.ConversionError(
-          f"{source}: the checkpoint has {field}={dims[field]} but the model has "
-          f"{field}={getattr(model, field)}; set --config.{config_name}.{field}={dims[field]}")
-  hidden = int(model.embed_dim * model.mlp_ratio)
-  if dims["mlp_ratio"] is not None and round(dims["mlp_ratio"] * model.embed_dim) != hidden:
-    raise common.ConversionError(
-        f"{source}: the checkpoint's MLP width is {round(dims['mlp_ratio'] * model.embed_dim)} "
-        f"but the model's is {hidden}; set --config.{config_name}.mlp_ratio="
-        f"{dims['mlp_ratio']:g}")
+  mismatches = convert_d3dp.backbone_mismatches(convert_d3dp.infer_d3dp_dims(backbone, source),
+                                                model, config_name)
+  for field, found in infer_text_dims(sd).items():
+    if found >= 0 and found != getattr(model, field):
+      mismatches.append(common.SizeMismatch(f"{config_name}.{field}", found,
+                                            getattr(model, field), _TEXT_EVIDENCE[field]))
+  mismatches += convert_d3dp.schedule_mismatches(sd, num_steps)
+  common.check_sizes(mismatches, source)
 
 
 def denoiser_module(family: str, model_cfg, dtype=None) -> finepose_models.FinePoseDenoiser:
@@ -301,7 +304,7 @@ def convert_denoiser(state_dict: Mapping[str, np.ndarray], model_cfg, diffusion_
         f"checkpoint (use --family {found})")
   sd, gat_layout = merge_gat_weights(sd, source)
   model = denoiser_module(family, model_cfg)
-  _check_dims(sd, model, config_name, source)
+  _check_dims(sd, model, config_name, source, int(diffusion_cfg.num_steps))
   checked = convert_d3dp.check_schedule(sd, int(diffusion_cfg.num_steps), source)
   params, report = common.map_state_dict(sd, RULES[family], param_template(model),
                                          unused=convert_d3dp.SCHEDULE_BUFFERS, source=source)

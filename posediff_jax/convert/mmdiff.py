@@ -15,6 +15,7 @@ Before the strict key-by-key mapping the checkpoint is recognised, so a phase-1 
 DiffPose / ICASSP denoiser gets a message saying what it is. Key lists: spec `keys_mmdiff.txt`.
 """
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -147,38 +148,58 @@ def infer_mmdiff_dims(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
       limb_inputs=None if limb_norm is None else int(np.size(limb_norm)))
 
 
+def denoiser_size_mismatches(sd, model: mmdiff_models.MultiConditionDenoiser,
+                             config_name: str = "model") -> list[common.SizeMismatch]:
+  """Every size and condition switch the phase-2 weights determine that differs from `model`'s.
+
+  Raises:
+    common.ConversionError: not a phase-2 checkpoint (the message says what it looks like).
+  """
+  dims = infer_mmdiff_dims(sd)
+  evidence = {"hid_dim": "read from 'gconv_input1.weight' [3, 1, F, hid]",
+              "feature_size": "read from 'gconv_input1.weight' [3, 1, F, hid]",
+              "num_layers": "the number of atten_layers.*",
+              "past_frames": "read from 'gconv_output.weight' [3, 1, hid, 3 (P + 1)]"}
+  out = [common.SizeMismatch(f"{config_name}.{name}", dims[name], getattr(model, name),
+                             evidence[name])
+         for name in ("hid_dim", "num_layers", "feature_size", "past_frames")
+         if dims[name] != getattr(model, name)]
+  if model.uses_radar and dims["radar_channels"] is None:
+    out.append(common.SizeMismatch(
+        f"{config_name}.local_flag", 0, model.local_flag,
+        "the checkpoint has no local radar context layers (local_emb.*)"))
+  elif model.uses_radar and dims["radar_channels"] != model.radar_channels:
+    out.append(common.SizeMismatch(f"{config_name}.radar_channels", dims["radar_channels"],
+                                   model.radar_channels,
+                                   "read from 'local_emb.dense.0.weight' [out, C]"))
+  if dims["has_temporal"] != (model.temp_flag == 1):
+    out.append(common.SizeMismatch(
+        f"{config_name}.temp_flag", int(dims["has_temporal"]), model.temp_flag,
+        f"the checkpoint {'has' if dims['has_temporal'] else 'lacks'} the temporal layers "
+        "(temperal_conv.*)"))
+  # The limb MLP reads the features (limb_flag 1) or the whole state (2), at the checkpoint's own
+  # sizes, so a wrong feature_size or past_frames is not also reported as a wrong limb_flag.
+  joints = model.num_joints
+  by_flag = {1: joints * dims["feature_size"], 2: joints * 3 * (dims["past_frames"] + 1)}
+  found = next((flag for flag, width in by_flag.items() if width == dims["limb_inputs"]), None)
+  expected = by_flag[model.limb_flag] if model.limb_flag in by_flag else None
+  if dims["limb_inputs"] != expected:
+    out.append(common.SizeMismatch(
+        f"{config_name}.limb_flag", found, model.limb_flag,
+        f"key 'limb_linear.0.weight' normalises {dims['limb_inputs']} values, where limb_flag="
+        f"{model.limb_flag} needs {expected}",
+        "" if found else "neither limb_flag 1 nor 2 fits"))
+  return out
+
+
 def _check_dims(sd, model: mmdiff_models.MultiConditionDenoiser, config_name: str,
                 source: str) -> None:
-  """Fails early with a config hint when the checkpoint's sizes differ from the model's."""
+  """Fails early, naming every size that differs, before any key is mapped."""
   try:
-    dims = infer_mmdiff_dims(sd)
+    mismatches = denoiser_size_mismatches(sd, model, config_name)
   except common.ConversionError as e:
     raise common.ConversionError(f"{source}: {e}") from None
-  hint = f"--config.{config_name}"
-  for name in ("hid_dim", "num_layers", "feature_size", "past_frames"):
-    if dims[name] != getattr(model, name):
-      raise common.ConversionError(
-          f"{source}: the checkpoint has {name}={dims[name]} but the model has "
-          f"{name}={getattr(model, name)}; set {hint}.{name}={dims[name]}")
-  if model.uses_radar and dims["radar_channels"] != model.radar_channels:
-    found = ("no LRC layers (local_emb.*)" if dims["radar_channels"] is None
-             else f"radar_channels={dims['radar_channels']} (local_emb.dense.0.weight)")
-    raise common.ConversionError(
-        f"{source}: the checkpoint has {found} but the model uses the local radar context with "
-        f"radar_channels={model.radar_channels}; set {hint}.radar_channels or {hint}.local_flag")
-  if dims["has_temporal"] != (model.temp_flag == 1):
-    raise common.ConversionError(
-        f"{source}: the checkpoint {'has' if dims['has_temporal'] else 'lacks'} the temporal "
-        f"layers (temperal_conv.*) but the model has temp_flag={model.temp_flag}; set "
-        f"{hint}.temp_flag={int(dims['has_temporal'])}")
-  expected_limb = (model.num_joints * (model.feature_size if model.limb_flag == 1
-                                       else model.state_channels))
-  if dims["limb_inputs"] != expected_limb:
-    other = 2 if model.limb_flag == 1 else 1
-    raise common.ConversionError(
-        f"{source}: key 'limb_linear.0.weight' normalises {dims['limb_inputs']} values but the "
-        f"model (limb_flag={model.limb_flag}) expects {expected_limb}; the checkpoint may be for "
-        f"{hint}.limb_flag={other}")
+  common.check_sizes(mismatches, source)
 
 
 def convert_denoiser(state_dict: Mapping[str, np.ndarray], model_cfg, *, config_name: str = "model",
@@ -334,6 +355,63 @@ _KIND_NAMES = {
 }
 
 
+def phase1_size_mismatches(state_dict: Mapping[str, np.ndarray], model,
+                           config_name: str = "phase1") -> list[common.SizeMismatch]:
+  """Every size a phase-1 encoder's weights determine that differs from `model`'s.
+
+  The joint-token transformer's width, depth and MLP width and the feature width (both encoders);
+  the point-feature channels (P4Transformer); the input channels, block width and number of
+  blocks (Point Transformer). Heads and head width are only known as their product.
+  """
+  sd = common.strip_module_prefix(state_dict)
+
+  def shape(key):
+    value = sd.get(key)
+    return None if value is None else tuple(np.shape(value))
+
+  found = {}  # field -> (value, evidence)
+  norm = shape("transformer.layers.0.0.fn.norm.weight")
+  if norm and len(norm) == 1:
+    found["dim"] = (norm[0], "read from 'transformer.layers.0.0.fn.norm.weight' [dim]")
+  layers = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))}
+  if layers:
+    found["depth"] = (len(layers), "the number of transformer.layers.*")
+  mlp = shape("transformer.layers.0.1.fn.fn.net.0.weight")
+  if mlp and len(mlp) == 2:
+    found["mlp_dim"] = (mlp[0],
+                        "read from 'transformer.layers.0.1.fn.fn.net.0.weight' [mlp_dim, dim]")
+  features = "dim_reduce_head.3.weight" if isinstance(
+      model, mmdiff_phase1.P4TransformerEncoder) else "fc2.3.weight"
+  if shape(features) and len(shape(features)) == 2:
+    found["feature_size"] = (shape(features)[0], f"read from {features!r} [feature_size, in]")
+  if isinstance(model, mmdiff_phase1.P4TransformerEncoder):
+    conv = shape("tube_embedding.conv_f.0.weight")
+    if conv and len(conv) == 4:
+      found["point_feature_channels"] = (conv[1], "'tube_embedding.conv_f.0.weight' is "
+                                                  "[dim, channels, 1, 1]")
+  else:
+    fc1, block = shape("backbone.fc1.0.weight"), shape("backbone.transformer1.fc1.weight")
+    if fc1 and len(fc1) == 2:
+      found["input_dim"] = (fc1[1], "read from 'backbone.fc1.0.weight' [32, input_dim]")
+    if block and len(block) == 2:
+      found["model_dim"] = (block[0],
+                            "read from 'backbone.transformer1.fc1.weight' [model_dim, 32]")
+    downs = {int(m.group(1)) for k in sd
+             if (m := re.match(r"backbone\.transition_downs\.(\d+)\.", k))}
+    if downs or block:
+      found["num_blocks"] = (len(downs) + 1, "1 + number of backbone.transition_downs.*")
+  out = [common.SizeMismatch(f"{config_name}.{field}", int(value), getattr(model, field), why)
+         for field, (value, why) in found.items() if value != getattr(model, field)]
+  inner = shape("transformer.layers.0.0.fn.fn.to_q.weight")
+  if inner and len(inner) == 2 and inner[0] != model.heads * model.dim_head:
+    out.append(common.SizeMismatch(
+        f"{config_name}.heads x {config_name}.dim_head", None,
+        f"{model.heads} x {model.dim_head}",
+        f"'transformer.layers.0.0.fn.fn.to_q.weight' is [{inner[0]}, dim]",
+        f"set {config_name}.heads and {config_name}.dim_head so that their product is {inner[0]}"))
+  return out
+
+
 def _phase1_template(model, radar_shape) -> dict[str, Any]:
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                              jnp.zeros(radar_shape, jnp.float32))
@@ -379,5 +457,6 @@ def convert_phase1(state_dict: Mapping[str, np.ndarray], model, *,
   if kind != expected:
     raise common.ConversionError(f"{source}: this looks like {_KIND_NAMES[kind]}, expected "
                                  f"{_KIND_NAMES[expected]} ({{mmBody,MetaFi}}_mmDiff_phase1.pth)")
+  common.check_sizes(phase1_size_mismatches(sd, model), source)
   return common.map_state_dict(sd, rules, _phase1_template(model, radar_shape), unused=unused,
                                source=source)
