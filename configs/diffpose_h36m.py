@@ -45,11 +45,13 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
 
   # Denoiser (upstream GCNdiff). Upstream's `emd_dim` is ignored: the time embedding is 4 * hid_dim.
+  # `dropout` is the attention layers' sublayer dropout, `inner_dropout` the one after every ChebGC
+  # and on the attention probabilities (upstream hard-codes 0.1).
   c.model = ml_collections.ConfigDict(
-      dict(hid_dim=96, num_layers=5, n_head=4, dropout=0.25, coords_dim=5))
+      dict(hid_dim=96, num_layers=5, n_head=4, dropout=0.25, inner_dropout=0.1, coords_dim=5))
   # Lifter (upstream GCNpose / GraFormer), frozen while the denoiser trains.
   c.lifter = ml_collections.ConfigDict(
-      dict(hid_dim=96, num_layers=5, n_head=4, dropout=0.25))
+      dict(hid_dim=96, num_layers=5, n_head=4, dropout=0.25, inner_dropout=0.1))
 
   c.diffusion = ml_collections.ConfigDict(
       dict(beta_schedule="linear", beta_start=1e-4, beta_end=1e-3, num_steps=51))

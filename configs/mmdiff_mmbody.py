@@ -85,6 +85,7 @@ def get_config(arg=None):
   # Denoiser (upstream GCNdiff). Upstream's `emd_dim` is ignored: the embeddings are 4 * hid_dim.
   c.model = ml_collections.ConfigDict(dict(
       hid_dim=96, num_layers=5, n_head=4, dropout=0.25,
+      inner_dropout=0.1,  # after every ChebGC and on attention probabilities, LRC too (upstream)
       feature_size=64,  # P4Transformer's per-joint features (GRC)
       past_frames=6,  # TMC: coarse poses t-6 .. t-1
       radar_channels=6,

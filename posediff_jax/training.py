@@ -64,7 +64,7 @@ def stage_plan(config, steps_per_epoch: int,
 
 
 def learning_rate(config, stage: str, steps_per_epoch: int):
-  """The stage's learning rate as a function of its optimizer step count.
+  """The stage's learning rate as a function of how many steps the stage has taken.
 
   With `train.lr_decay` (D3DP family): lr0 · decay^epoch, multiplied in after every epoch.
   Otherwise DiffPose's staircase: lr0 · gamma^((epoch − 1) // decay) from epoch 1 on (spec §A.8).
@@ -75,7 +75,7 @@ def learning_rate(config, stage: str, steps_per_epoch: int):
     return lambda count: jnp.full((), t.encoder_lr, jnp.float32)
   lr0 = t.lifter_lr if stage == "lifter" else t.lr
   if t.get("lr_decay"):
-    return lambda count: lr0 * t.lr_decay ** (count // steps_per_epoch)
+    return lambda count: jnp.float32(lr0) * jnp.float32(t.lr_decay) ** (count // steps_per_epoch)
 
   def schedule(count):
     epoch = count // steps_per_epoch
@@ -85,24 +85,84 @@ def learning_rate(config, stage: str, steps_per_epoch: int):
   return schedule
 
 
-def make_optimizer(config, stage: str, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam (AdamW when `train.weight_decay` > 0), after global-norm clipping if `train.grad_clip`.
+def untrained_params(config, stage: str) -> tuple[str, ...]:
+  """Parameter path prefixes of `stage` that its loss never reaches (the family's declaration).
 
-  The encoder stage uses torch's Adam `weight_decay` (`train.encoder_weight_decay`): the decay is
-  added to the clipped gradient before Adam, not decoupled.
+  Upstream's optimizer skips a parameter whose `.grad` is None: no moments, no weight decay. Such
+  parameters are kept out of the optimizer here too, so AdamW does not decay them.
+  """
+  declared = getattr(families.get(config.family), "untrained_params", None)
+  return tuple(declared(config).get(stage, ())) if declared else ()
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+                  ) -> optax.GradientTransformation:
+  """Adam's direction m̂ / (sqrt(v̂) + eps) as torch's `Adam` computes it.
+
+  Unlike `optax.scale_by_adam`, the bias corrections 1 − b^t are accurate in float32: optax takes
+  b2 = 0.999 to float32 first, which leaves 1 − b2^t off by 1.3e-5 at the first step and every
+  early update off by ~6e-6 relative. Here 1 − b^t = −expm1(t · log1p(−(1 − b))), with 1 − b exact
+  in double precision, as torch's Python scalars are. The state is optax's `ScaleByAdamState`.
+  """
+
+  def init(params):
+    zeros = lambda: jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+    return optax.ScaleByAdamState(count=jnp.zeros((), jnp.int32), mu=zeros(), nu=zeros())
+
+  def update(grads, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    t = count.astype(jnp.float32)
+    mu = jax.tree.map(lambda m, g: m + (1.0 - b1) * (g - m), state.mu, grads)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * (g * g), state.nu, grads)
+    correction1 = -jnp.expm1(t * jnp.log1p(jnp.float32(-(1.0 - b1))))
+    correction2 = -jnp.expm1(t * jnp.log1p(jnp.float32(-(1.0 - b2))))
+    direction = jax.tree.map(
+        lambda m, v: (m / correction1) / (jnp.sqrt(v) / jnp.sqrt(correction2) + eps), mu, nu)
+    return direction, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(config, stage: str, frozen: tuple[str, ...] = ()
+                   ) -> optax.GradientTransformation:
+  """The stage's update direction before the learning rate: Adam's, plus the weight decay.
+
+  `train.weight_decay` > 0 is AdamW's decoupled decay (the direction gains wd · param). The
+  encoder stage uses torch's Adam `weight_decay` (`train.encoder_weight_decay`): the decay is
+  added to the clipped gradient before Adam. The train step scales the direction by −lr itself
+  (`make_train_step`), so the learning rate of every step is explicit and measured. Parameters
+  under a `frozen` path prefix (`untrained_params`) get no moments and no update.
   """
   t = config.train
-  lr = learning_rate(config, stage, steps_per_epoch)
-  weight_decay = t.get("weight_decay", 0.0)
+  adam = scale_by_adam(b1=0.9, b2=0.999, eps=t.adam_eps)
   if stage == "encoder":
-    adam = optax.adam(lr, b1=0.9, b2=0.999, eps=t.adam_eps)
-    if t.get("encoder_weight_decay", 0.0):
-      adam = optax.chain(optax.add_decayed_weights(t.encoder_weight_decay), adam)
-  elif weight_decay:
-    adam = optax.adamw(lr, b1=0.9, b2=0.999, eps=t.adam_eps, weight_decay=weight_decay)
+    decay = t.get("encoder_weight_decay", 0.0)
+    tx = optax.chain(optax.add_decayed_weights(decay), adam) if decay else adam
   else:
-    adam = optax.adam(lr, b1=0.9, b2=0.999, eps=t.adam_eps)
-  return optax.chain(optax.clip_by_global_norm(t.grad_clip), adam) if t.grad_clip else adam
+    decay = t.get("weight_decay", 0.0)
+    tx = optax.chain(adam, optax.add_decayed_weights(decay)) if decay else adam
+  if not frozen:
+    return tx
+
+  def labels(params):
+    def label(path, _):
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      return "frozen" if any(name == p or name.startswith(p + "/") for p in frozen) else "train"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def clip_by_global_norm(grads, max_norm: float):
+  """torch's `clip_grad_norm_`: every gradient times min(1, max_norm / (‖grads‖ + 1e-6)).
+
+  Returns:
+    (clipped gradients, the global L2 norm before clipping, the coefficient applied).
+  """
+  norm = optax.tree.norm(grads)
+  coef = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+  return jax.tree.map(lambda g: (g * coef).astype(g.dtype), grads), norm, coef
 
 
 def init_state(config, params, optimizers) -> dict:
@@ -116,61 +176,90 @@ def init_state(config, params, optimizers) -> dict:
   }
 
 
-def make_train_step(config, stage: str, optimizer, loss_fn):
+def _split_loss_output(out):
+  """A loss returns `loss` or `(loss, aux)`; aux may hold 'collections' and 'terms' (dicts)."""
+  if not isinstance(out, tuple):
+    return out, {}, {}
+  loss, aux = out
+  unknown = set(aux) - {"collections", "terms"}
+  if unknown:
+    raise ValueError(f"a loss's aux output may hold 'collections' and 'terms', got {sorted(aux)}")
+  return loss, aux.get("collections", {}), aux.get("terms", {})
+
+
+def make_train_step(config, stage: str, optimizer, loss_fn, *, steps_per_epoch: int,
+                    stage_start: int = 0, return_grads: bool = False):
   """A pure `(state, batch) -> (state, measurements)` that updates only `stage`'s parameters.
 
-  A loss may return `(loss, collections)`: variables it updates itself rather than by gradient
-  (batch-norm running statistics, `{'batch_stats': ...}`), written over the stage's parameters
-  after the optimizer step.
+  One step, in upstream's order: the loss and its gradient; the global gradient norm, and
+  torch-style clipping at `train.grad_clip` (if set); the optimizer's direction (Adam/AdamW,
+  `make_optimizer`); params −= lr · direction with lr = `learning_rate` at the stage's step
+  (`state['step'] − stage_start`); EMA ← rate · EMA + (1 − rate) · params.
+
+  A loss may return `(loss, aux)`: `aux['collections']` are variables it updates itself rather than
+  by gradient (batch-norm running statistics, `{'batch_stats': ...}`), written over the stage's
+  parameters after the optimizer step; `aux['terms']` are named parts of the loss, reported as
+  `terms/<name>`. A batch may carry `draws` (the timesteps, noise and augmentation decisions a
+  recorded run used), which the family's loss then takes instead of drawing from the step's key.
+
+  Measurements: `loss`, `grad_norm` (before clipping), `lr`, `clip_coef` (with clipping), the loss
+  terms, and with `return_grads` the gradients (`grads`, before clipping; `clipped_grads`).
   """
   ema_rate = config.train.ema_rate
   accum = config.train.get("grad_accum_steps", 1)
-  compute_dtype = jnp.dtype(config.train.get("compute_dtype", "float32"))
+  max_norm = config.train.get("grad_clip", 0.0)
+  schedule = learning_rate(config, stage, steps_per_epoch)
   if accum < 1:
     raise ValueError(f"train.grad_accum_steps must be >= 1, got {accum}")
 
-  def loss_in_compute_dtype(params, batch, key):
-    originals = params
-    if compute_dtype != jnp.float32:
-      # Parameters stay float32 in the state (and in the optimizer); only the forward pass is cast,
-      # so gradients come back float32 through the cast.
-      cast = lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-      params, batch = jax.tree.map(cast, params), jax.tree.map(cast, batch)
-    out = loss_fn(config, params, batch, key)
-    loss, updated = out if isinstance(out, tuple) else (out, {})
-    updated = {name: jax.tree.map(lambda u, p: u.astype(p.dtype), tree, originals[name])
+  def loss_with_aux(params, batch, key):
+    loss, updated, terms = _split_loss_output(loss_fn(config, params, batch, key))
+    updated = {name: jax.tree.map(lambda u, p: u.astype(p.dtype), tree, params[name])
                for name, tree in updated.items()}
-    return loss.astype(jnp.float32), updated
+    return loss.astype(jnp.float32), (updated, terms)
 
-  grad_fn = jax.value_and_grad(loss_in_compute_dtype, has_aux=True)
+  grad_fn = jax.value_and_grad(loss_with_aux, has_aux=True)
 
   def loss_and_grads(params, batch, key):
     if accum == 1:
-      (loss, updated), grads = grad_fn(params, batch, key)
-      return loss, grads, updated
+      (loss, (updated, terms)), grads = grad_fn(params, batch, key)
+      return loss, grads, updated, terms
+    if "draws" in batch:
+      raise ValueError("injected draws replay one step of a recorded run: use "
+                       "train.grad_accum_steps=1")
     # Micro-batch i holds rows i, i + k, i + 2k, ... so each one stays spread over every device.
     micro = jax.tree.map(
         lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
 
     def body(carry, inputs):
       i, micro_batch = inputs
-      (loss, updated), grads = grad_fn(params, micro_batch, jax.random.fold_in(key, i))
+      (loss, (updated, terms)), grads = grad_fn(params, micro_batch, jax.random.fold_in(key, i))
       if updated:
         raise ValueError(f"train.grad_accum_steps > 1 is not supported for the {stage} stage, "
                          "whose loss updates batch statistics")
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      return jax.tree.map(jnp.add, carry, (loss, grads, terms)), None
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss_shape, (_, terms_shape)), grads_shape = jax.eval_shape(
+        grad_fn, params, jax.tree.map(lambda x: x[0], micro), key)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         (loss_shape, grads_shape, terms_shape))
     total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-    loss, grads = jax.tree.map(lambda x: x / accum, total)
-    return loss, grads, {}
+    loss, grads, terms = jax.tree.map(lambda x: x / accum, total)
+    return loss, grads, {}, terms
 
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     params = state["params"][stage]
-    loss, grads, updated = loss_and_grads(params, batch, key)
-    updates, opt_state = optimizer.update(grads, state["opt_state"][stage], params)
-    params = optax.apply_updates(params, updates)
+    loss, grads, updated, terms = loss_and_grads(params, batch, key)
+    measured = {"loss": loss, **{f"terms/{k}": v for k, v in terms.items()}}
+    if max_norm:
+      clipped, measured["grad_norm"], measured["clip_coef"] = clip_by_global_norm(grads, max_norm)
+    else:
+      clipped, measured["grad_norm"] = grads, optax.tree.norm(grads)
+    lr = jnp.asarray(schedule(state["step"] - stage_start), jnp.float32)
+    measured["lr"] = lr
+    direction, opt_state = optimizer.update(clipped, state["opt_state"][stage], params)
+    params = jax.tree.map(lambda p, d: (p - lr * d).astype(p.dtype), params, direction)
     if updated:
       params = {**params, **updated}
     ema = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
@@ -181,11 +270,21 @@ def make_train_step(config, stage: str, optimizer, loss_fn):
         "opt_state": {**state["opt_state"], stage: opt_state},
         "ema_params": {**state["ema_params"], stage: ema},
     }
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if return_grads:
+      measured["grads"] = grads
+      if max_norm:
+        measured["clipped_grads"] = clipped
+    return new_state, measured
 
   return train_step
 
 
+def jit_train_step(config, stage: str, optimizer, loss_fn, mesh, **kwargs):
+  """`make_train_step` jitted as train.py runs it: state replicated over `mesh` and donated, the
+  batch as it comes (sharded over `data`). `kwargs` go to `make_train_step`."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(make_train_step(config, stage, optimizer, loss_fn, **kwargs),
+                 out_shardings=(repl, repl), donate_argnums=0)
 
 
 class _PreemptionFlag:
@@ -277,7 +376,7 @@ def train_and_evaluate(config, workdir) -> dict:
   if staged:
     datasets.check_stages(config, [name for name, _ in plan])
   total_steps = sum(n for _, n in plan)
-  optimizers = {name: make_optimizer(config, name, stage_steps[name] if staged else steps_per_epoch)
+  optimizers = {name: make_optimizer(config, name, untrained_params(config, name))
                 for name in family.STAGES}
 
   # The lifter checkpoint is checked before the (slow) parameter init, so a wrong one fails at once.
@@ -389,8 +488,11 @@ def train_and_evaluate(config, workdir) -> dict:
     action_of_sequence = family.action_indices(config, [s.action for s in train_data])
   else:
     losses = family.LOSSES
-  steps = {name: jax.jit(make_train_step(config, name, optimizers[name], losses[name]),
-                         out_shardings=(repl, repl), donate_argnums=0)
+  stage_starts = dict(zip((name for name, _ in plan),
+                          np.cumsum([0] + [n for _, n in plan[:-1]]).tolist()))
+  steps = {name: jit_train_step(config, name, optimizers[name], losses[name], mesh,
+                                steps_per_epoch=stage_steps[name] if staged else steps_per_epoch,
+                                stage_start=stage_starts[name])
            for name, _ in plan}
 
   def save(step):

@@ -191,7 +191,7 @@ def test_training_loss_with_dropout_is_differentiable(io, config, params):
   # Tracing (no compilation: dropout's RNG makes this slow to compile on CPU) proves every op of
   # the training loss, dropout included, is differentiable and shaped right.
   loss, grads = jax.eval_shape(jax.value_and_grad(
-      lambda p: mmdiff.denoiser_loss(config, p, batch, jax.random.key(0))), params["denoiser"])
+      lambda p: mmdiff.denoiser_loss(config, p, batch, jax.random.key(0))[0]), params["denoiser"])
   assert loss.shape == () and loss.dtype == jnp.float32
   assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params["denoiser"])
 

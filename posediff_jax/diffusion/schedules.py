@@ -101,7 +101,18 @@ def antithetic_timesteps(key: jax.Array, batch: int, num_steps: int) -> jax.Arra
   if batch < 1 or num_steps < 1:
     raise ValueError(f"batch and num_steps must be >= 1, got batch={batch}, num_steps={num_steps}")
   t = jax.random.randint(key, (batch // 2 + 1,), 0, num_steps, dtype=jnp.int32)
-  return jnp.concatenate([t, num_steps - 1 - t])[:batch]
+  return antithetic_from_draw(t, batch, num_steps)
+
+
+def antithetic_from_draw(half: jax.Array, batch: int, num_steps: int) -> jax.Array:
+  """`antithetic_timesteps` from its draw: `half` [batch//2 + 1] integers in [0, num_steps)
+  (upstream's `randint(0, T, (n//2+1,))`, e.g. recorded by a run being replayed) -> [batch] int32
+  `cat([half, T − 1 − half])[:batch]`."""
+  half = jnp.asarray(half).astype(jnp.int32)
+  if half.shape != (batch // 2 + 1,):
+    raise ValueError(f"antithetic timesteps of a batch of {batch} come from {batch // 2 + 1} "
+                     f"draws, got an array of shape {half.shape}")
+  return jnp.concatenate([half, num_steps - 1 - half])[:batch]
 
 
 def q_sample(x0: jax.Array, t: jax.Array, noise: jax.Array, alpha_bar) -> jax.Array:

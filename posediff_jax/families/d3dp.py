@@ -378,17 +378,34 @@ def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
 
 
 def loss_with(config, apply_fn: DenoiserApply, batch, key) -> jax.Array:
-  """`denoiser_loss` with the network given as a `DenoiserApply`."""
+  """`denoiser_loss` with the network given as a `DenoiserApply`.
+
+  `batch['draws']` may hold the step's `t` [B] and `noise` [B, F, J, 3] (upstream's per-clip
+  `randint(0, T, (1,))` and `randn(F, J, 3)`), replayed instead of drawn from `key`.
+  """
   _check_batch(config, batch)
   k_t, k_noise, k_drop = jax.random.split(key, 3)
   target = batch["target_3d"]
-  t = jax.random.randint(k_t, target.shape[:1], 0, config.diffusion.num_steps, dtype=jnp.int32)
-  noise = jax.random.normal(k_noise, target.shape, jnp.float32)
+  draws = batch.get("draws") or {}
+  if "t" in draws:
+    t = jnp.asarray(draws["t"]).astype(jnp.int32)
+    if t.shape != target.shape[:1]:
+      raise ValueError(f"draws['t'] must be [B={target.shape[0]}] timesteps, got {t.shape}")
+  else:
+    t = jax.random.randint(k_t, target.shape[:1], 0, config.diffusion.num_steps,
+                           dtype=jnp.int32)
+  if "noise" in draws:
+    noise = jnp.asarray(draws["noise"], jnp.float32)
+    if noise.shape != target.shape:
+      raise ValueError(f"draws['noise'] must have the target's shape {target.shape}, got "
+                       f"{noise.shape}")
+  else:
+    noise = jax.random.normal(k_noise, target.shape, jnp.float32)
   loss, _ = loss_with_noise_with(config, apply_fn, batch, t, noise, deterministic=False,
                                  key=k_drop)
   if config.train.get("upstream_loss_scaled_gradient", False):
     held = jax.lax.stop_gradient(loss)
-    # Value: loss. Gradient: loss·∇loss (= ∇ of ½·loss²).
+    # Upstream quirk: `loss.backward(loss)`. Value: loss; gradient: loss·∇loss (∇ of ½·loss²).
     loss = held * loss + jax.lax.stop_gradient(loss - held * loss)
   return loss
 

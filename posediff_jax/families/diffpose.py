@@ -24,17 +24,23 @@ LIFTER_FAMILIES = ("diffpose", "icassp")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def compute_dtype(config):
-  """`config.eval.compute_dtype` as the networks take it: None for float32, else the dtype.
+def compute_dtype(config, section: str = "eval"):
+  """`config.<section>.compute_dtype` as the networks take it: None for float32, else the dtype.
 
   "bfloat16" rounds the operands of the networks' dense matmuls to bfloat16 (on a 2-core EPYC with
   AVX512-BF16 the ICASSP evaluation ran ~1.5x and DiffPose's ~1.4x faster); parameters stay
-  float32, and products, norms, attention and the sampler float32.
+  float32, and products, norms, attention and the sampler float32. `section` is "eval" (the
+  sampler) or "train" (the training losses).
   """
-  name = str(config.eval.get("compute_dtype", "float32"))
+  name = str(config[section].get("compute_dtype", "float32"))
   if name not in COMPUTE_DTYPES:
-    raise ValueError(f"eval.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    raise ValueError(f"{section}.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
   return None if name == "float32" else jnp.dtype(name)
+
+
+def draws_of(batch: dict) -> dict:
+  """The recorded random draws a batch carries for replaying a run (`batch['draws']`), or {}."""
+  return batch.get("draws") or {}
 
 
 def lifter_module(config, dtype=None) -> models.GCNLifter:
@@ -192,24 +198,53 @@ def _predict_batch(config, params, input_2d, key=None, noise=None, return_trajec
 
 def lifter_loss(config, lifter_params, batch, key) -> jax.Array:
   """MPJPE of the root-subtracted lifter output (our recipe; upstream released none)."""
-  xyz = lifter_module(config).apply({"params": lifter_params}, batch["input_2d"],
-                                    deterministic=False, rngs={"dropout": key})
+  xyz = lifter_module(config, compute_dtype(config, "train")).apply(
+      {"params": lifter_params}, batch["input_2d"], deterministic=False, rngs={"dropout": key})
   squared = jnp.sum(jnp.square(root_subtract(xyz) - batch["target_3d"]), axis=-1)
   # The root's error is exactly 0 after root subtraction, where sqrt has an infinite gradient.
   return jnp.mean(jnp.sqrt(squared + 1e-12))
 
 
+def training_draws(config, k_t, k_noise, batch_size: int, shape, draws: dict):
+  """The timesteps [B] and unit noise `shape` of a training step: upstream's antithetic
+  `randint(0, T, (B//2+1,))` draw and `randn_like(x)`, taken from `draws` when a recorded run is
+  replayed ('t' [B] itself or its draw 't_half', and 'noise'), else drawn from `k_t` and
+  `k_noise`."""
+  num_steps = config.diffusion.num_steps
+  if "t" in draws:
+    t = jnp.asarray(draws["t"]).astype(jnp.int32)
+    if t.shape != (batch_size,):
+      raise ValueError(f"draws['t'] must be [B={batch_size}] timesteps, got {t.shape}")
+  elif "t_half" in draws:
+    t = schedules.antithetic_from_draw(draws["t_half"], batch_size, num_steps)
+  else:
+    t = schedules.antithetic_timesteps(k_t, batch_size, num_steps)
+  if "noise" in draws:
+    unit = jnp.asarray(draws["noise"], jnp.float32)
+    if unit.shape != tuple(shape):
+      raise ValueError(f"draws['noise'] must have the shape {tuple(shape)} of the diffused "
+                       f"state, got {unit.shape}")
+  else:
+    unit = jax.random.normal(k_noise, shape, jnp.float32)
+  return t, unit
+
+
 def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
-  """Upstream's objective (spec §A.3): squared error of the GMM-scaled noise, summed per pose."""
+  """Upstream's objective (spec §A.3): squared error of the GMM-scaled noise, summed per pose.
+
+  `batch['draws']` may hold the step's `t_half` [B//2+1] and unit `noise` [B, 17, 5] draws.
+  """
   x0 = jnp.concatenate([batch["input_2d"], batch["target_3d"]], axis=-1)
   noise_scale = jnp.concatenate(
       [batch["input_2d_var"], jnp.ones_like(batch["target_3d"])], axis=-1)
   k_t, k_noise, k_drop = jax.random.split(key, 3)
-  t = schedules.antithetic_timesteps(k_t, x0.shape[0], config.diffusion.num_steps)
-  noise = jax.random.normal(k_noise, x0.shape, x0.dtype) * noise_scale
+  t, unit = training_draws(config, k_t, k_noise, x0.shape[0], x0.shape, draws_of(batch))
+  # Upstream quirk: the regression target is the GMM-scaled noise, not the unit draw.
+  noise = unit * noise_scale
   x_t = schedules.q_sample(x0, t, noise, schedules.alpha_bars(betas(config)))
-  eps = denoiser_module(config).apply({"params": denoiser_params}, x_t, t.astype(jnp.float32),
-                                      deterministic=False, rngs={"dropout": k_drop})
+  eps = denoiser_module(config, compute_dtype(config, "train")).apply(
+      {"params": denoiser_params}, x_t, t.astype(jnp.float32), deterministic=False,
+      rngs={"dropout": k_drop})
   return jnp.mean(jnp.sum(jnp.square(noise - eps), axis=(-2, -1)))
 
 

@@ -127,6 +127,12 @@ def convert(config, denoiser_path, lifter_path=None, clip_path=None
           {"denoiser": list(report.unused), "text_cache": clip_unused})
 
 
+def untrained_params(config) -> dict[str, tuple[str, ...]]:
+  """{stage: parameter path prefixes no loss reaches}: DSGDiffu's `STEblocks.0`, built and saved
+  upstream but never run, so its gradient is None and AdamW neither moves nor decays it."""
+  return {"denoiser": ("spatial_blocks_0",)} if _family(config) == "dsgdiffu" else {}
+
+
 def init_params(config, key) -> dict:
   """Fresh parameters {'denoiser', 'text_cache'}; the cache is random N(0, 1) features.
 

@@ -165,27 +165,43 @@ def _split_passes(trajectory: dict, hypotheses: int) -> dict:
   return out
 
 
+def mirror_batch(uv: jax.Array, xyz: jax.Array, mirror: jax.Array):
+  """Upstream's training flip (`PoseDataLoader.__getitem__`): the poses of the rows where
+  `mirror` [B] is set mirrored, 2D [B, 17, 2] and root-relative 3D [B, 17, 3] together."""
+  mirror = jnp.asarray(mirror)[:, None, None]
+  return jnp.where(mirror, _mirror(uv), uv), jnp.where(mirror, _mirror(xyz), xyz)
+
+
 def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
   """Upstream's objective (spec §B.2): squared error of constant-scale noise, summed per pose.
 
   Each pose is first mirrored (2D and 3D together) with probability `train.flip_probability`, as
-  upstream's training loader does. The denoiser is guided by the clean 2D.
+  upstream's training loader does. The denoiser is guided by the clean 2D. `batch['draws']` may
+  hold the step's `mirror` [B] bool, `t_half` [B//2+1] and unit `noise` [B, 17, 5] draws.
   """
   k_flip, k_t, k_noise, k_drop = jax.random.split(key, 4)
+  draws = diffpose.draws_of(batch)
   uv, xyz = batch["input_2d"], batch["target_3d"]
-  mirror = jax.random.bernoulli(k_flip, config.train.flip_probability, uv.shape[:1])[:, None, None]
-  uv = jnp.where(mirror, _mirror(uv), uv)
-  xyz = jnp.where(mirror, _mirror(xyz), xyz)
+  if "mirror" in draws:
+    mirror = jnp.asarray(draws["mirror"], bool)
+    if mirror.shape != uv.shape[:1]:
+      raise ValueError(f"draws['mirror'] must be [B={uv.shape[0]}] bool, got {mirror.shape}")
+  else:
+    mirror = jax.random.bernoulli(k_flip, config.train.flip_probability, uv.shape[:1])
+  uv, xyz = mirror_batch(uv, xyz, mirror)
   x0 = jnp.concatenate([uv, xyz], axis=-1)
   noise_scale = np.asarray(config.train.noise_scale, np.float32)
   if noise_scale.shape != (x0.shape[-1],):
     raise ValueError(f"train.noise_scale must have {x0.shape[-1]} entries (u, v, x, y, z), got "
                      f"{tuple(config.train.noise_scale)}")
-  t = schedules.antithetic_timesteps(k_t, x0.shape[0], config.diffusion.num_steps)
-  noise = jax.random.normal(k_noise, x0.shape, x0.dtype) * noise_scale
+  t, unit = diffpose.training_draws(config, k_t, k_noise, x0.shape[0], x0.shape, draws)
+  # Upstream computes the noise, x_t and the loss in float64 (its noise scale is a float64
+  # tensor); float32 here differs by float32 rounding only.
+  noise = unit * noise_scale
   x_t = schedules.q_sample(x0, t, noise, schedules.alpha_bars(betas(config)))
-  eps = denoiser_module(config).apply({"params": denoiser_params}, x_t, uv, t.astype(jnp.float32),
-                                      deterministic=False, rngs={"dropout": k_drop})
+  eps = denoiser_module(config, compute_dtype(config, "train")).apply(
+      {"params": denoiser_params}, x_t, uv, t.astype(jnp.float32), deterministic=False,
+      rngs={"dropout": k_drop})
   return jnp.mean(jnp.sum(jnp.square(noise - eps), axis=(-2, -1)))
 
 

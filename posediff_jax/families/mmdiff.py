@@ -282,7 +282,7 @@ def loss_terms(config, denoiser_params, batch: dict, t: jax.Array, noise: jax.Ar
      'total': eps + train.limb_loss_weight · limb}.
   """
   _check_batch(config, batch, need_target=True)
-  model = denoiser_module(config)
+  model = denoiser_module(config, diffpose.compute_dtype(config, "train"))
   train = config.train
   target = jnp.asarray(batch["target_3d"])
   if noise.shape != target.shape:
@@ -309,21 +309,26 @@ def loss_terms(config, denoiser_params, batch: dict, t: jax.Array, noise: jax.Ar
           "total": eps_loss + train.limb_loss_weight * limb_loss}
 
 
-def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
-  """The training loss: antithetic timesteps, Gaussian noise on the current pose, `loss_terms`."""
+def denoiser_loss(config, denoiser_params, batch, key):
+  """The training loss: antithetic timesteps, Gaussian noise on the current pose, `loss_terms`.
+
+  `batch['draws']` may hold the step's `t_half` [B//2+1] and `noise` [B, J, 3] draws (upstream's
+  noise scale is all ones). Returns (total, {'terms': {'eps', 'limb'}}).
+  """
   k_t, k_noise, k_drop = jax.random.split(key, 3)
   target = jnp.asarray(batch["target_3d"])
-  t = schedules.antithetic_timesteps(k_t, target.shape[0], config.diffusion.num_steps)
-  noise = jax.random.normal(k_noise, target.shape, target.dtype)
-  return loss_terms(config, denoiser_params, batch, t, noise, dropout_key=k_drop)["total"]
+  t, noise = diffpose.training_draws(config, k_t, k_noise, target.shape[0], target.shape,
+                                     diffpose.draws_of(batch))
+  terms = loss_terms(config, denoiser_params, batch, t, noise, dropout_key=k_drop)
+  return terms["total"], {"terms": {"eps": terms["eps"], "limb": terms["limb"]}}
 
 
 def encoder_loss(config, encoder_variables, batch, key):
   """Phase 1's objective (HEAD `phase1_train`): MSE of the coarse pose to the root-relative joints.
 
   The Point Transformer's batch norms use batch statistics, as torch's train mode: the loss then
-  comes with the updated running statistics, `(loss, {'batch_stats': ...})`, which the train step
-  writes back.
+  comes with the updated running statistics, `(loss, {'collections': {'batch_stats': ...}})`, which
+  the train step writes back.
   """
   del key  # upstream's encoders have no dropout
   model = encoder_module(config)
@@ -331,7 +336,8 @@ def encoder_loss(config, encoder_variables, batch, key):
   if "batch_stats" in encoder_variables:
     (pose, _), updates = model.apply(encoder_variables, batch["radar"], train=True,
                                      mutable=["batch_stats"])
-    return jnp.mean(jnp.square(pose - target)), {"batch_stats": updates["batch_stats"]}
+    return (jnp.mean(jnp.square(pose - target)),
+            {"collections": {"batch_stats": updates["batch_stats"]}})
   pose, _ = model.apply(encoder_variables, batch["radar"])
   return jnp.mean(jnp.square(pose - target))
 

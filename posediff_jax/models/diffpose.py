@@ -36,7 +36,9 @@ class GCNLifter(nn.Module):
     hid_dim: hidden width h.
     num_layers: number of (attention layer, residual ChebGC block) pairs.
     n_head: attention heads (must divide hid_dim).
-    dropout: sublayer dropout of the attention layers (ChebGC and attention-prob dropout are 0.1).
+    dropout: sublayer dropout of the attention layers.
+    inner_dropout: dropout after every ChebGC and on the attention probabilities (upstream
+      hard-codes 0.1).
     num_joints: graph nodes.
     edges: skeleton edges.
     in_dim: input channels (2 for uv).
@@ -49,6 +51,7 @@ class GCNLifter(nn.Module):
   num_layers: int = 5
   n_head: int = 4
   dropout: float = 0.25
+  inner_dropout: float = 0.1
   num_joints: int = 17
   edges: layers.Edges = H36M_EDGES
   in_dim: int = 2
@@ -63,10 +66,12 @@ class GCNLifter(nn.Module):
     out = layers.ChebConv(self.hid_dim, **graph, name="gconv_input")(x)
     self.sow("intermediates", "after_gconv_input", out)
     for i in range(self.num_layers):
-      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, dtype=self.dtype,
-                                 name=f"atten_layers_{i}")(out, deterministic=deterministic)
+      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, self.inner_dropout,
+                                 dtype=self.dtype, name=f"atten_layers_{i}")(
+                                     out, deterministic=deterministic)
       self.sow("intermediates", f"after_atten_{i}", out)
-      out = layers.ResChebBlock(**graph, name=f"gconv_layers_{i}")(
+      out = layers.ResChebBlock(**graph, dropout_rate=self.inner_dropout,
+                                name=f"gconv_layers_{i}")(
           out, deterministic=deterministic)
       self.sow("intermediates", f"after_gconv_{i}", out)
     return layers.ChebConv(self.out_dim, **graph, name="gconv_output")(out)
@@ -82,7 +87,9 @@ class GCNDenoiser(nn.Module):
     hid_dim: hidden width h; the time embedding is 4h wide.
     num_layers: number of (attention layer, residual ChebGC block) pairs.
     n_head: attention heads (must divide hid_dim).
-    dropout: sublayer dropout of the attention layers (ChebGC and attention-prob dropout are 0.1).
+    dropout: sublayer dropout of the attention layers.
+    inner_dropout: dropout after every ChebGC and on the attention probabilities (upstream
+      hard-codes 0.1).
     num_joints: graph nodes.
     edges: skeleton edges.
     coords_dim: channels of the state and of the predicted noise.
@@ -93,6 +100,7 @@ class GCNDenoiser(nn.Module):
   num_layers: int = 5
   n_head: int = 4
   dropout: float = 0.25
+  inner_dropout: float = 0.1
   num_joints: int = 17
   edges: layers.Edges = H36M_EDGES
   coords_dim: int = 5
@@ -126,10 +134,12 @@ class GCNDenoiser(nn.Module):
     out = layers.ChebConv(self.hid_dim, **graph, name="gconv_input")(x)
     self.sow("intermediates", "after_gconv_input", out)
     for i in range(self.num_layers):
-      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, dtype=self.dtype,
-                                 name=f"atten_layers_{i}")(out, deterministic=deterministic)
+      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, self.inner_dropout,
+                                 dtype=self.dtype, name=f"atten_layers_{i}")(
+                                     out, deterministic=deterministic)
       self.sow("intermediates", f"after_atten_{i}", out)
-      out = layers.ResChebTimeBlock(**graph, name=f"gconv_layers_{i}")(
+      out = layers.ResChebTimeBlock(**graph, dropout_rate=self.inner_dropout,
+                                    name=f"gconv_layers_{i}")(
           out, temb, deterministic=deterministic)
       self.sow("intermediates", f"after_gconv_{i}", out)
     return layers.ChebConv(self.coords_dim, **graph, name="gconv_output")(out)
@@ -143,12 +153,21 @@ def _config_value(cfg, name: str):
                      f"dropout); got {cfg!r}") from None
 
 
+def inner_dropout(cfg) -> float:
+  """`cfg.inner_dropout` if the config sets it, else upstream's hard-coded 0.1."""
+  value = cfg.get("inner_dropout") if isinstance(cfg, Mapping) else getattr(cfg, "inner_dropout",
+                                                                             None)
+  return 0.1 if value is None else float(value)
+
+
 def lifter_from_config(cfg, dtype: layers.Dtype = None) -> GCNLifter:
-  """A `GCNLifter` from a config with `hid_dim`, `num_layers`, `n_head`, `dropout`."""
+  """A `GCNLifter` from a config with `hid_dim`, `num_layers`, `n_head`, `dropout` (and optionally
+  `inner_dropout`)."""
   return GCNLifter(hid_dim=int(_config_value(cfg, "hid_dim")),
                    num_layers=int(_config_value(cfg, "num_layers")),
                    n_head=int(_config_value(cfg, "n_head")),
-                   dropout=float(_config_value(cfg, "dropout")), dtype=dtype)
+                   dropout=float(_config_value(cfg, "dropout")),
+                   inner_dropout=inner_dropout(cfg), dtype=dtype)
 
 
 def denoiser_from_config(cfg, dtype: layers.Dtype = None) -> GCNDenoiser:
@@ -160,4 +179,4 @@ def denoiser_from_config(cfg, dtype: layers.Dtype = None) -> GCNDenoiser:
                      num_layers=int(_config_value(cfg, "num_layers")),
                      n_head=int(_config_value(cfg, "n_head")),
                      dropout=float(_config_value(cfg, "dropout")),
-                     coords_dim=int(coords_dim), dtype=dtype)
+                     inner_dropout=inner_dropout(cfg), coords_dim=int(coords_dim), dtype=dtype)

@@ -49,7 +49,9 @@ class CrossChannelDenoiser(nn.Module):
     hid_dim: hidden width h; the time embedding is 4h wide.
     num_layers: number of (attention layer, residual ChebGC block) pairs per branch (>= 1).
     n_head: attention heads (must divide hid_dim).
-    dropout: sublayer dropout of the attention layers (ChebGC and attention-prob dropout are 0.1).
+    dropout: sublayer dropout of the attention layers.
+    inner_dropout: dropout after every ChebGC and on the attention probabilities (upstream
+      hard-codes 0.1).
     num_joints: skeleton joints J; the main graph has 2J nodes.
     edges: skeleton edges.
     dtype: compute dtype of the matmuls (None: the inputs' dtype; "bfloat16" rounds only the
@@ -60,6 +62,7 @@ class CrossChannelDenoiser(nn.Module):
   num_layers: int = 5
   n_head: int = 4
   dropout: float = 0.25
+  inner_dropout: float = 0.1
   num_joints: int = NUM_JOINTS
   edges: layers.Edges = skeleton.H36M_EDGES
   dtype: layers.Dtype = None
@@ -70,7 +73,8 @@ class CrossChannelDenoiser(nn.Module):
     joints, dtype = self.num_joints, self.dtype
     main = dict(num_nodes=2 * joints, edges=cross_channel_edges(self.edges, joints), dtype=dtype)
     attention = dict(num_nodes=2 * joints, num_heads=self.n_head, dropout_rate=self.dropout,
-                     dtype=dtype)
+                     attention_dropout_rate=self.inner_dropout, dtype=dtype)
+    residual = dict(main, dropout_rate=self.inner_dropout)
     # Upstream quirk (spec §0.6): the time embedding is 4 * hid_dim wide; config emd_dim is ignored.
     self.temb = layers.TimeEmbedding(4 * self.hid_dim, dtype)
     self.fc1 = layers.Linear(3, dtype)
@@ -80,9 +84,10 @@ class CrossChannelDenoiser(nn.Module):
     self.gconv_input = layers.ChebConv(self.hid_dim, **main)
     self.atten_layers = [layers.GraAttenLayer(**attention) for _ in range(self.num_layers)]
     self.atten_layers_t = [layers.GraAttenLayer(**attention) for _ in range(self.num_layers)]
-    self.gconv_layers = [layers.ResChebTimeBlock(**main) for _ in range(self.num_layers)]
+    self.gconv_layers = [layers.ResChebTimeBlock(**residual) for _ in range(self.num_layers)]
     # After the last layer the context branch feeds nothing: its last residual block never runs.
-    self.gconv_layers_t = [layers.ResChebTimeBlock(**main) for _ in range(self.num_layers - 1)]
+    self.gconv_layers_t = [layers.ResChebTimeBlock(**residual)
+                           for _ in range(self.num_layers - 1)]
     self.gconv_output = layers.ChebConv(3, **main)
 
   def _check_guide(self, guide: jax.Array, rows: int | None = None) -> None:
@@ -183,4 +188,5 @@ def denoiser_from_config(cfg, dtype: layers.Dtype = None) -> CrossChannelDenoise
   return CrossChannelDenoiser(hid_dim=int(value(cfg, "hid_dim")),
                               num_layers=int(value(cfg, "num_layers")),
                               n_head=int(value(cfg, "n_head")),
-                              dropout=float(value(cfg, "dropout")), dtype=dtype)
+                              dropout=float(value(cfg, "dropout")),
+                              inner_dropout=diffpose_models.inner_dropout(cfg), dtype=dtype)

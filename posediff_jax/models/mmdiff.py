@@ -159,7 +159,9 @@ class MultiConditionDenoiser(nn.Module):
     hid_dim: hidden width h; the time and limb embeddings are 4h wide.
     num_layers: number of (attention layer, conditioned residual ChebGC block) pairs.
     n_head: attention heads (must divide hid_dim), also in the LRC attention blocks.
-    dropout: sublayer dropout of the attention layers (ChebGC and attention-prob dropout are 0.1).
+    dropout: sublayer dropout of the attention layers.
+    inner_dropout: dropout after every ChebGC and on the attention probabilities, LRC blocks
+      included (upstream hard-codes 0.1).
     feature_size: F, width of the phase-1 joint features.
     past_frames: P, past coarse poses in the state.
     radar_channels: C, channels per radar point (the first 3 are xyz).
@@ -178,6 +180,7 @@ class MultiConditionDenoiser(nn.Module):
   num_layers: int = 5
   n_head: int = 4
   dropout: float = 0.25
+  inner_dropout: float = 0.1
   feature_size: int = 64
   past_frames: int = 6
   radar_channels: int = 6
@@ -266,7 +269,8 @@ class MultiConditionDenoiser(nn.Module):
       # The first block's Q, K, V read the 48-wide hidden layer through the folded embedding, and
       # the last one pools over the points before its V projection: only the mean is read.
       last = i == blocks - 1
-      attention = layers.MultiHeadAttention(self.n_head, dtype=self.dtype, pool_nodes=last,
+      attention = layers.MultiHeadAttention(self.n_head, self.inner_dropout, dtype=self.dtype,
+                                            pool_nodes=last,
                                             name=f"local_attention_{i}")
       attended = attention(hidden if i == 0 else emb, deterministic=deterministic,
                            input_map=emb_map if i == 0 else None)
@@ -379,9 +383,11 @@ class MultiConditionDenoiser(nn.Module):
 
     out = layers.ChebConv(self.hid_dim, **graph, name="gconv_input2")(current) + condition
     for i in range(self.num_layers):
-      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, dtype=self.dtype,
-                                 name=f"atten_layers_{i}")(out, deterministic=deterministic)
-      out = ConditionedResChebBlock(**graph, name=f"gconv_layers_{i}")(
+      out = layers.GraAttenLayer(self.num_joints, self.n_head, self.dropout, self.inner_dropout,
+                                 dtype=self.dtype, name=f"atten_layers_{i}")(
+                                     out, deterministic=deterministic)
+      out = ConditionedResChebBlock(**graph, dropout_rate=self.inner_dropout,
+                                    name=f"gconv_layers_{i}")(
           out, temb, condition, deterministic=deterministic)
     out = layers.ChebConv(self.state_channels, **graph, name="gconv_output")(out)
     return out, limb_pred
@@ -389,7 +395,8 @@ class MultiConditionDenoiser(nn.Module):
 
 _MODEL_FIELDS = {
     # config field: (attribute, type)
-    "hid_dim": int, "num_layers": int, "n_head": int, "dropout": float, "feature_size": int,
+    "hid_dim": int, "num_layers": int, "n_head": int, "dropout": float, "inner_dropout": float,
+    "feature_size": int,
     "past_frames": int, "radar_channels": int, "global_flag": int, "local_flag": int,
     "temp_flag": int, "limb_flag": int, "local_points": int, "local_radius_sq": float,
     "local_attn_layers": int, "limb_hidden": int,
@@ -402,8 +409,9 @@ def denoiser_from_config(cfg, dtype: layers.Dtype = None) -> MultiConditionDenoi
   """A `MultiConditionDenoiser` from a config (ConfigDict, dict or object).
 
   Required fields: hid_dim, num_layers, n_head, dropout, feature_size, past_frames,
-  radar_channels. Optional, with upstream's defaults: global_flag, local_flag, temp_flag, limb_flag
-  (1), local_points (50), local_radius_sq (0.04), local_attn_layers (5), limb_hidden (1024).
+  radar_channels. Optional, with upstream's defaults: inner_dropout (0.1), global_flag,
+  local_flag, temp_flag, limb_flag (1), local_points (50), local_radius_sq (0.04),
+  local_attn_layers (5), limb_hidden (1024).
   `dtype` is the compute dtype of the matmuls (None = float32).
   """
   values = {}
