@@ -2,7 +2,9 @@
 
 - `render_pose_frame` / `render_sequence`: a 3D view of the Human3.6M-17 skeleton (the hypotheses
   of a multi-hypothesis model drawn faintly around their aggregate) with the 2D input beside it, as
-  a PNG for one frame, a GIF or (when ffmpeg is installed) an MP4 for a sequence.
+  a PNG for one frame, a GIF or an MP4 for a sequence. MP4 needs an ffmpeg executable: the one on
+  PATH (matplotlib's `animation.ffmpeg_path`), else the one the imageio-ffmpeg wheel ships
+  (requirements.txt), so a pip install alone can write MP4.
 - `action_error_chart`, `hypotheses_curve`, `write_eval_plots`: the per-action error bars and the
   error-versus-number-of-hypotheses curve of an evaluation.
 
@@ -16,6 +18,7 @@ Poses are camera-frame metres (x right, y down, z forward); the 3D view puts z i
 
 import math
 import pathlib
+import shutil
 from typing import Any, Mapping
 
 import numpy as np
@@ -179,16 +182,36 @@ def check_render_path(path, num_frames: int) -> str:
     raise ValueError(f"{path}: a PNG shows one frame but the sequence has {num_frames}; choose "
                      "one (--render_frame) or render to .gif / .mp4")
   if suffix == ".mp4" and not ffmpeg_available():
-    raise FileNotFoundError(f"writing {path} needs ffmpeg, which is not installed (not on PATH); "
-                            "install ffmpeg or render to .gif instead")
+    raise FileNotFoundError(f"writing {path} needs ffmpeg, which was not found (neither on PATH "
+                            "nor from the imageio-ffmpeg package): pip install imageio-ffmpeg "
+                            "(it is in requirements.txt), install ffmpeg, or render to .gif")
   return suffix
 
 
-def ffmpeg_available() -> bool:
-  """Whether matplotlib can find an ffmpeg executable to write MP4."""
+def ffmpeg_path() -> str | None:
+  """The ffmpeg executable MP4 rendering uses, or None when there is none.
+
+  matplotlib's (`animation.ffmpeg_path`, by default `ffmpeg` on PATH) when it finds one, else the
+  binary inside the imageio-ffmpeg wheel, which needs nothing but pip.
+  """
   _matplotlib()
   from matplotlib import animation  # pylint: disable=g-import-not-at-top
-  return bool(animation.FFMpegWriter.isAvailable())
+  if animation.FFMpegWriter.isAvailable():
+    configured = animation.FFMpegWriter.bin_path()
+    return shutil.which(configured) or configured
+  try:
+    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  try:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+  except RuntimeError:  # the package has no binary for this platform
+    return None
+
+
+def ffmpeg_available() -> bool:
+  """Whether an ffmpeg executable to write MP4 can be found (`ffmpeg_path`)."""
+  return ffmpeg_path() is not None
 
 
 def render_pose_frame(pose_3d, keypoints_2d, path, *, hypotheses=None, interpolated=None,
@@ -237,7 +260,7 @@ def _check_mask(mask, shape) -> np.ndarray:
 def render_sequence(poses_3d, keypoints_2d, path, *, hypotheses=None, interpolated=None,
                     image_size=None, fps: float = 25.0, title: str | None = None,
                     size_px: tuple[int, int] = FRAME_SIZE_PX) -> pathlib.Path:
-  """Saves a sequence as a GIF or an MP4 (MP4 needs ffmpeg); a one-frame `.png` also works.
+  """Saves a sequence as a GIF or an MP4 (`ffmpeg_path`'s ffmpeg); a one-frame `.png` also works.
 
   Args:
     poses_3d: `[N, 17, 3]` root-relative camera-frame metres.
@@ -271,23 +294,27 @@ def render_sequence(poses_3d, keypoints_2d, path, *, hypotheses=None, interpolat
                              image_size=image_size, title=title, size_px=size_px)
   if not (math.isfinite(fps) and fps > 0):
     raise ValueError(f"fps must be a positive number, got {fps!r}")
+  matplotlib = _matplotlib()
   from matplotlib import animation  # pylint: disable=g-import-not-at-top
 
   fig = _figure(size_px)
-  # matplotlib's default MP4 codec is H.264 in yuv420p, which every player reads.
-  writer = (animation.PillowWriter(fps=fps) if suffix == ".gif"
-            else animation.FFMpegWriter(fps=fps))
+  # matplotlib's default MP4 codec is H.264 in yuv420p, which every player reads. The writer
+  # looks the executable up in rcParams when it starts, so the whole save runs in this context.
+  settings = {"animation.ffmpeg_path": ffmpeg_path()} if suffix == ".mp4" else {}
   radius = _radius_3d(poses, hyps)
   limits_2d = None if keypoints is None else _limits_2d(keypoints)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with writer.saving(fig, str(path), dpi=DPI):
-    for f in range(num_frames):
-      label = f"frame {f + 1}/{num_frames}"
-      _draw_frame(fig, poses[f], None if keypoints is None else keypoints[f],
-                  None if hyps is None else hyps[f], None if mask is None else mask[f],
-                  radius=radius, limits_2d=limits_2d, image_size=image_size,
-                  title=f"{title}: {label}" if title else label)
-      writer.grab_frame()
+  with matplotlib.rc_context(settings):
+    writer = (animation.PillowWriter(fps=fps) if suffix == ".gif"
+              else animation.FFMpegWriter(fps=fps))
+    with writer.saving(fig, str(path), dpi=DPI):
+      for f in range(num_frames):
+        label = f"frame {f + 1}/{num_frames}"
+        _draw_frame(fig, poses[f], None if keypoints is None else keypoints[f],
+                    None if hyps is None else hyps[f], None if mask is None else mask[f],
+                    radius=radius, limits_2d=limits_2d, image_size=image_size,
+                    title=f"{title}: {label}" if title else label)
+        writer.grab_frame()
   return path
 
 

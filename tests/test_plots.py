@@ -1,6 +1,7 @@
 """Pictures, made headless (Agg): skeleton frames and animations, evaluation charts."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -67,11 +68,32 @@ def test_mp4_without_ffmpeg_says_so(tmp_path, monkeypatch):
   assert not (tmp_path / "seq.mp4").exists()
 
 
-def test_mp4_when_ffmpeg_is_installed(tmp_path):
-  if not plots.ffmpeg_available():
-    pytest.skip("ffmpeg is not installed")
+def _assert_mp4(path, frames: int) -> None:
+  """An MP4 container (an `ftyp` box first) that ffmpeg reads back with `frames` video frames."""
+  content = path.read_bytes()
+  assert content[4:8] == b"ftyp", content[:16]
+  # Decoding the whole video: ffmpeg's progress line ends with the number of frames read.
+  proc = subprocess.run([plots.ffmpeg_path(), "-i", str(path), "-map", "0:v:0", "-f", "null",
+                         "-"], capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr
+  counts = re.findall(r"frame=\s*(\d+)", proc.stderr)
+  assert counts and int(counts[-1]) == frames, proc.stderr
+
+
+def test_mp4_with_the_pip_installed_ffmpeg(tmp_path):
+  # requirements.txt's imageio-ffmpeg ships an ffmpeg binary, so MP4 needs no system package.
+  assert plots.ffmpeg_available(), "pip install -r requirements.txt brings imageio-ffmpeg"
   path = plots.render_sequence(_poses(3), None, tmp_path / "seq.mp4", size_px=(320, 160))
-  assert path.stat().st_size > 0
+  _assert_mp4(path, 3)
+
+
+def test_mp4_falls_back_to_imageio_ffmpeg_without_one_on_path(tmp_path, monkeypatch):
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  from matplotlib import animation  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(animation.FFMpegWriter, "isAvailable", classmethod(lambda cls: False))
+  assert plots.ffmpeg_path() == imageio_ffmpeg.get_ffmpeg_exe()
+  path = plots.render_sequence(_poses(2), None, tmp_path / "seq.mp4", size_px=(320, 160))
+  _assert_mp4(path, 2)
 
 
 def test_render_rejects_what_it_cannot_draw(tmp_path):
