@@ -88,6 +88,10 @@ def get_config(arg=None):
   c.train.grad_clip = 0.0  # upstream does not clip
   c.train.ema_rate = 0.0  # upstream keeps no EMA; > 0 keeps one
   c.train.flip_augment = True  # each chunk also appears mirrored (upstream default)
+  # "seeded": a fresh permutation per epoch from (seed, epoch). "upstream": the successive
+  # permutations of one RandomState(upstream_shuffle_seed), upstream's ChunkedGenerator order.
+  c.train.shuffle = "seeded"
+  c.train.upstream_shuffle_seed = 1234  # upstream's --random_seed default
   # Upstream calls loss.backward(gradient=loss): the gradient of ½·loss², not of the loss.
   c.train.upstream_loss_scaled_gradient = True
   c.train.log_every = 100

@@ -138,14 +138,20 @@ def train_dataset(config, data, *, batch_size: int, shard_index: int, shard_coun
     return radar.train_dataset(data, radar.settings_from_config(config), stage=stage,
                                batch_size=batch_size, seed=config.seed, shard_index=shard_index,
                                shard_count=shard_count, worker_count=config.data.worker_count)
+  order = config.train.get("shuffle", "seeded")
   if layout(config) == "clips":
     from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
     left, right, _ = joint_symmetry(config)
+    upstream = order == "upstream"
     return video.train_dataset(
-        data, num_frames=config.model.num_frames, batch_size=batch_size, seed=config.seed,
+        data, num_frames=config.model.num_frames, batch_size=batch_size,
+        seed=config.train.upstream_shuffle_seed if upstream else config.seed,
         shard_index=shard_index, shard_count=shard_count,
         flip_augment=config.train.get("flip_augment", False), left=left, right=right,
-        worker_count=config.data.worker_count)
+        worker_count=config.data.worker_count, order=order)
+  if order != "seeded":
+    raise ValueError(f"train.shuffle={order!r} exists for the clip families (upstream's "
+                     "ChunkedGenerator order); frame and radar data shuffle per seeded epoch")
   return pipeline.train_dataset(data, batch_size=batch_size, seed=config.seed,
                                 shard_index=shard_index, shard_count=shard_count,
                                 worker_count=config.data.worker_count)

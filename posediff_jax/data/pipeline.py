@@ -14,6 +14,7 @@ and evaluation batches add `valid` bool `[B]` and `index` int32 `[B]` (row in th
 shared with the clip pipeline of `data.video`.
 """
 
+import threading
 from typing import Any, Iterator
 
 import grain
@@ -27,13 +28,17 @@ from posediff_jax.data import h36m
 # computing (and delay interpreter exit) after training stops.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 _FOREVER = 2**62
+# How training batches are shuffled (`ShuffledBatchIndices`).
+ORDERS = ("seeded", "upstream")
 
 
 class ShuffledBatchIndices:
   """A grain random-access source whose element i is one process's share of training batch i.
 
   The element is the sample indices (int `[batch_size]`); subclasses turn them into arrays. Each
-  epoch draws a fresh permutation of the samples (from `seed` and the epoch number). Global batch i
+  epoch draws a fresh permutation of the samples: from `seed` and the epoch number (`order`
+  "seeded"), or, as VideoPose3D's and D3DP's `ChunkedGenerator` does (`order` "upstream"), as the
+  epoch-th successive `permutation` of one `np.random.RandomState(seed)`. Global batch i
   takes the next `batch_size * shard_count` samples of that permutation and this process keeps
   every `shard_count`-th of them, starting at `shard_index`, so the processes' shares of a step are
   disjoint. A partial global batch at the end of an epoch is dropped. Reading a batch is then one
@@ -41,7 +46,10 @@ class ShuffledBatchIndices:
   """
 
   def __init__(self, num_samples: int, *, batch_size: int, seed: int, shard_index: int,
-               shard_count: int, num_epochs: int | None):
+               shard_count: int, num_epochs: int | None, order: str = "seeded"):
+    if order not in ORDERS:
+      raise ValueError(f"shuffle order must be one of {ORDERS}, got {order!r}")
+    self._order = order
     self._num_samples = num_samples
     self._batch_size = batch_size
     self._seed = seed
@@ -50,6 +58,8 @@ class ShuffledBatchIndices:
     self.steps_per_epoch = epoch_steps(num_samples, batch_size * shard_count)
     self._length = _FOREVER if num_epochs is None else num_epochs * self.steps_per_epoch
     self._cache = None  # (epoch, permutation of the samples)
+    self._upstream = None  # (epoch, RandomState after drawing that epoch's permutation)
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return self._length
@@ -57,13 +67,37 @@ class ShuffledBatchIndices:
   def _permutation(self, epoch: int) -> np.ndarray:
     cached = self._cache  # one atomic read: prefetch threads may replace it concurrently
     if cached is None or cached[0] != epoch:
-      cached = (epoch, np.random.default_rng([self._seed, epoch]).permutation(self._num_samples))
+      if self._order == "upstream":
+        cached = (epoch, self._upstream_permutation(epoch))
+      else:
+        cached = (epoch, np.random.default_rng([self._seed, epoch]).permutation(self._num_samples))
       self._cache = cached
     return cached[1]
 
+  def _upstream_permutation(self, epoch: int) -> np.ndarray:
+    """The epoch-th permutation of one RandomState(seed), drawn forward from the last one drawn
+    (replayed from the seed when an earlier epoch is asked for, e.g. after a restore)."""
+    with self._lock:
+      done, state = self._upstream or (-1, None)
+      if state is None or epoch <= done:
+        done, rng = -1, np.random.RandomState(self._seed)
+      else:
+        rng = np.random.RandomState()
+        rng.set_state(state)
+      while done < epoch:
+        permutation = rng.permutation(self._num_samples)
+        done += 1
+      self._upstream = (done, rng.get_state())
+      return permutation
+
   def __getstate__(self):
     # Worker processes rebuild the permutation instead of receiving it.
-    return {**self.__dict__, "_cache": None}
+    return {k: v for k, v in self.__dict__.items() if k != "_lock"} | {
+        "_cache": None, "_upstream": None}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def __getitem__(self, index) -> np.ndarray:
     index = int(index)

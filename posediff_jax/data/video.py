@@ -442,9 +442,9 @@ class ShuffledClipBatches(pipeline.ShuffledBatchIndices):
   """`pipeline.ShuffledBatchIndices` over the chunks of a `ClipSource`: element i is a batch."""
 
   def __init__(self, clips: ClipSource, *, batch_size: int, seed: int, shard_index: int,
-               shard_count: int, num_epochs: int | None):
+               shard_count: int, num_epochs: int | None, order: str = "seeded"):
     super().__init__(len(clips), batch_size=batch_size, seed=seed, shard_index=shard_index,
-                     shard_count=shard_count, num_epochs=num_epochs)
+                     shard_count=shard_count, num_epochs=num_epochs, order=order)
     self._clips = clips
 
   def __getitem__(self, index) -> dict[str, np.ndarray]:
@@ -454,16 +454,17 @@ class ShuffledClipBatches(pipeline.ShuffledBatchIndices):
 def train_dataset(sequences: Sequence[VideoSequence], *, num_frames: int, batch_size: int,
                   seed: int, left: Sequence[int], right: Sequence[int], shard_index: int = 0,
                   shard_count: int = 1, flip_augment: bool = True, worker_count: int = 0,
-                  num_epochs: int | None = None) -> grain.IterDataset:
+                  num_epochs: int | None = None, order: str = "seeded") -> grain.IterDataset:
   """The training stream of clip batches, reshuffled every epoch and split across processes.
 
   Batches are `{"input_2d": float32 [batch_size, F, J, 2], "target_3d": float32 [batch_size, F,
   J, 3], "sequence": int32 [batch_size]}` (the video each chunk comes from). Each epoch is a fresh
   permutation of all chunks (from `seed` and the epoch); global batch i is the next
   `batch_size * shard_count` chunks and process `shard_index` keeps every `shard_count`-th one.
-  Upstream shuffles with one `RandomState(1234)` and keeps a partial last batch; here a partial
-  last global batch is dropped so every batch has one shape. Iterators from `iter(...)` support
-  `get_state()` / `set_state()`.
+  Upstream shuffles with one `RandomState(1234)`; `order="upstream"` does the same with
+  `RandomState(seed)`. Upstream keeps a partial last batch; here a partial last global batch is
+  dropped so every batch has one shape. Iterators from `iter(...)` support `get_state()` /
+  `set_state()`.
 
   Args:
     sequences: the training videos (all with the same joint count).
@@ -477,6 +478,8 @@ def train_dataset(sequences: Sequence[VideoSequence], *, num_frames: int, batch_
     flip_augment: also train on every chunk mirrored (upstream's default).
     worker_count: > 0 assembles batches in that many worker processes.
     num_epochs: None repeats forever; otherwise the stream ends after that many epochs.
+    order: "seeded" (a permutation from (seed, epoch)) or "upstream" (successive permutations of
+      one RandomState(seed), upstream's `ChunkedGenerator` order).
 
   Returns:
     A checkpointable `grain.IterDataset`.
@@ -493,7 +496,7 @@ def train_dataset(sequences: Sequence[VideoSequence], *, num_frames: int, batch_
     raise ValueError(f"{len(clips)} training chunks of {num_frames} frames cannot fill one batch "
                      f"of {batch_size} on each of {shard_count} process(es)")
   source = ShuffledClipBatches(clips, batch_size=batch_size, seed=seed, shard_index=shard_index,
-                               shard_count=shard_count, num_epochs=num_epochs)
+                               shard_count=shard_count, num_epochs=num_epochs, order=order)
   return pipeline.training_stream(grain.MapDataset.source(source), worker_count)
 
 
