@@ -88,6 +88,31 @@ def _reason(error: Exception) -> str:
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def load_meta(directory) -> tuple[dict[str, Any], int]:
+  """The `meta` item (family, model sizes) of the newest complete step, without the arrays.
+
+  For checks before the real load: reading a few hundred bytes of JSON, not the weights.
+
+  Raises:
+    FileNotFoundError: no such directory, or no complete step in it.
+    ValueError: the step's meta cannot be read back.
+  """
+  path = resolve(directory)
+  mngr = manager(path, create=False)
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{path} holds no complete checkpoint step")
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"checkpoint {path} step {step} is unreadable, probably damaged "
+                       f"(truncated or missing files): {_reason(e)}") from e
+  finally:
+    mngr.close()
+  return restored["meta"] or {}, step
+
+
 def load_model(directory, *, use_ema: bool = False) -> tuple[dict[str, Any], dict[str, Any], int]:
   """Reads the newest complete step of a converted or training checkpoint.
 

@@ -13,7 +13,8 @@ nothing behind. All problems found are listed in one ValueError, on one line, wh
   train or to load, batch sizes the gradient accumulation divides;
 - the data the config points at (`config.data.root` and its files), unless they are to be
   generated, in which case the folder must be writable;
-- the input files and checkpoint directories given on the command line;
+- the input files and checkpoint directories given on the command line, and for evaluation and
+  prediction the checkpoint's family and model sizes (read from its small `meta` item);
 - every place the tool will write: it must be creatable (or, if it exists, writable and of the
   right kind). Nothing is created to find out: a directory is probed with an anonymous temporary
   file in its nearest existing ancestor. Bucket URLs (`gs://...`) are left to the run itself.
@@ -306,6 +307,21 @@ def _checkpoint_problem(path, what: str) -> str | None:
   return None
 
 
+def _checkpoint_meta_problem(config, path) -> str | None:
+  """What is wrong with the checkpoint for `config` (another family, other model sizes, an
+  unreadable step), judged from its small `meta` item only; None if nothing is."""
+  if not path or _is_url(path) or _checkpoint_problem(path, "--checkpoint"):
+    return None
+  from posediff_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from posediff_jax import evaluation  # pylint: disable=g-import-not-at-top
+  try:
+    meta, _ = checkpoint.load_meta(path)
+    evaluation.check_checkpoint_matches(config, meta, path)
+  except (ValueError, FileNotFoundError) as e:
+    return str(e)
+  return None
+
+
 def _input_file_problem(path, what: str) -> str | None:
   if not path:
     return None
@@ -348,7 +364,7 @@ def data_problems(config) -> list[str]:
     fields = (("file_3d", "file_2d") if layout == "clips" else ("file_3d", "train_2d", "test_2d"))
     from posediff_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     generated = set(synthetic.FILES.values())
-  problems, missing, to_generate = [], [], False
+  problems, missing, to_generate = [], {}, False
   for field in fields:
     if field not in data:
       continue
@@ -358,8 +374,10 @@ def data_problems(config) -> list[str]:
     if generate and path.name in generated:
       to_generate = True
       continue
-    missing.append(f"{path} (config.data.root + config.data.{field})")
+    missing.setdefault(path, []).append(f"config.data.{field}")
   if missing:
+    missing = [f"{path} (config.data.root + {' and '.join(names)})"
+               for path, names in missing.items()]
     problems.append(f"data file{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}; "
                     "README 'Data' says where to get them (configs/demo.py generates a "
                     "synthetic set)")
@@ -424,10 +442,39 @@ def training_problems(config) -> list[str]:
         problems.append(f"config.train.{field}={size} must be divisible by "
                         f"config.train.grad_accum_steps={accum}")
   for field in ("lifter_checkpoint", "init_checkpoint", "encoder_checkpoint"):
-    problem = _checkpoint_problem(train.get(field), f"config.train.{field}")
+    path = train.get(field)
+    problem = _checkpoint_problem(path, f"config.train.{field}")
     if problem:
       problems.append(problem)
+    elif path and not _is_url(path):
+      problem = _start_checkpoint_problem(config, family, field, path)
+      if problem:
+        problems.append(problem)
   return problems
+
+
+def _start_checkpoint_problem(config, family, field: str, path) -> str | None:
+  """The checks training makes of a checkpoint it starts from, on its `meta` alone."""
+  from posediff_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from posediff_jax import evaluation  # pylint: disable=g-import-not-at-top
+  try:
+    meta, _ = checkpoint.load_meta(path)
+    found = meta.get("family")
+    if field == "lifter_checkpoint":
+      allowed = getattr(family, "LIFTER_FAMILIES", (config.family,))
+      if found and found not in allowed:
+        return (f"lifter checkpoint {path} holds a {found!r} model; a lifter comes from one of: "
+                f"{', '.join(allowed)}")
+      evaluation.check_checkpoint_matches(config, {"lifter": meta.get("lifter")}, path)
+    elif field == "encoder_checkpoint":
+      if found and found != config.family:
+        return f"encoder checkpoint {path} holds a {found!r} model, not {config.family!r}"
+      evaluation.check_checkpoint_matches(config, {"phase1": meta.get("phase1")}, path)
+    else:
+      evaluation.check_checkpoint_matches(config, meta, path)
+  except (ValueError, FileNotFoundError) as e:
+    return str(e)
+  return None
 
 
 def check_train(config, workdir) -> None:
@@ -455,6 +502,7 @@ def check_evaluate(config, checkpoint_dir, output=None, plots_dir=None) -> None:
   """
   problems = value_problems(config, EVALUATE) + data_problems(config)
   problems.append(_checkpoint_problem(checkpoint_dir, "--checkpoint"))
+  problems.append(_checkpoint_meta_problem(config, checkpoint_dir))
   if output:
     problems.append(writable_problem(output, "--output", directory=False))
   if plots_dir:
@@ -462,10 +510,31 @@ def check_evaluate(config, checkpoint_dir, output=None, plots_dir=None) -> None:
   _raise([p for p in problems if p])
 
 
-def check_predict(config, checkpoint_dir, keypoints, output, render=None,
-                  fps: float = 25.0) -> None:
-  """`python -m posediff_jax.predict`: the config, the checkpoint, the keypoint file and the
-  output and picture paths.
+def _keypoint_problems(keypoints, layout, image_size, normalized, min_confidence) -> list[str]:
+  """What reading and preparing the keypoint file would refuse (it is small: read it now)."""
+  from posediff_jax import keypoints as keypoints_lib  # pylint: disable=g-import-not-at-top
+  from posediff_jax import predict  # pylint: disable=g-import-not-at-top
+  try:
+    size = predict.parse_image_size(image_size)
+    sequence = keypoints_lib.load_keypoints(keypoints, layout)
+    keypoints_lib.prepare_keypoints(sequence, image_size=size, min_confidence=min_confidence,
+                                    normalized_input=normalized)
+  except (ValueError, FileNotFoundError) as e:
+    return [str(e)]
+  return []
+
+
+def check_predict(config, checkpoint_dir, keypoints, output, render=None, fps: float = 25.0, *,
+                  layout: str = "auto", image_size: str | None = None, normalized: bool = False,
+                  min_confidence: float | None = None) -> None:
+  """`python -m posediff_jax.predict`: the config, the checkpoint, the keypoint file (read and
+  checked as `predict.run` will), and the output and picture paths.
+
+  Args:
+    config: the experiment config.
+    checkpoint_dir, keypoints, output, render, fps: the flags of the same names.
+    layout, image_size, normalized, min_confidence: `--format`, `--image_size` (the flag's text),
+      `--normalized`, `--min_confidence` (None: the default).
 
   Raises:
     ValueError: every problem found, in one line.
@@ -475,8 +544,16 @@ def check_predict(config, checkpoint_dir, keypoints, output, render=None,
   if dataset != "h36m":
     problems.append(f"predict feeds Human3.6M-17 keypoints, but the config's model is for "
                     f"data.dataset={dataset!r}; use a Human3.6M config")
+  problem = _input_file_problem(keypoints, "--keypoints")
+  if problem:
+    problems.append(problem)
+  else:
+    from posediff_jax import keypoints as keypoints_lib  # pylint: disable=g-import-not-at-top
+    confidence = (keypoints_lib.DEFAULT_MIN_CONFIDENCE if min_confidence is None
+                  else min_confidence)
+    problems += _keypoint_problems(keypoints, layout, image_size, normalized, confidence)
   problems.append(_checkpoint_problem(checkpoint_dir, "--checkpoint"))
-  problems.append(_input_file_problem(keypoints, "--keypoints"))
+  problems.append(_checkpoint_meta_problem(config, checkpoint_dir))
   if output:
     if pathlib.Path(output).suffix != ".npz":
       problems.append(f"--output must be a .npz file, got {output}")

@@ -18,7 +18,10 @@ The output `.npz` holds, for N frames:
   interpolated        [N, 17] bool, joints filled in by interpolation
   joint_names         [17] Human3.6M joint names
 `--render` writes a PNG (one frame: the sequence's only one, or `--render_frame`), a GIF or an MP4
-(needs ffmpeg).
+(with the ffmpeg on PATH, else the one of the imageio-ffmpeg package in requirements.txt).
+
+Every flag, path and config value is checked before anything is read (`config_checks`), and the
+keypoints are checked against what the flags say they are (`keypoints.check_plausible`).
 """
 
 import functools
@@ -260,7 +263,7 @@ def define_flags():
           "min_confidence", keypoints_lib.DEFAULT_MIN_CONFIDENCE,
           "Joints with a lower confidence are treated as missing and interpolated over time."),
       "render": flags.DEFINE_string(
-          "render", None, "Also draw the result: .png (one frame), .gif or .mp4 (needs ffmpeg)."),
+          "render", None, "Also draw the result: .png (one frame), .gif or .mp4."),
       "render_frame": flags.DEFINE_integer("render_frame", None,
                                            "The frame a .png render shows."),
       "fps": flags.DEFINE_float("fps", 25.0, "Frames per second of a rendered animation."),
@@ -276,7 +279,10 @@ def main(argv, holders):
   value = {name: holder.value for name, holder in holders.items()}
   # Every value and path before the keypoints or the model are read.
   config_checks.check_predict(value["config"], value["checkpoint"], value["keypoints"],
-                              value["output"], value["render"], value["fps"])
+                              value["output"], value["render"], value["fps"],
+                              layout=value["format"], image_size=value["image_size"],
+                              normalized=value["normalized"],
+                              min_confidence=value["min_confidence"])
   runtime.initialize()
   run(value["config"], value["checkpoint"], value["keypoints"], value["output"],
       layout=value["format"], image_size=parse_image_size(value["image_size"]),
