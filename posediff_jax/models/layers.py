@@ -19,6 +19,7 @@ activations, norms and softmax stay float32. Parameters are float32 either way.
 Notation: B = batch, N = nodes, C = channels, h = hidden width.
 """
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -144,16 +145,84 @@ def _keep_apart(x: jax.Array) -> jax.Array:
   return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=23)
 
 
+def narrow_dtype(dtype: Dtype):
+  """The compute dtype as a `jnp.dtype` when it is narrower than float32, else None."""
+  if dtype is None:
+    return None
+  dtype = jnp.dtype(dtype)
+  return None if dtype == jnp.float32 else dtype
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_matmul(x: jax.Array, y: jax.Array, dtype) -> jax.Array:
+  """`x @ y` (jnp.matmul broadcasting) with operands rounded to `dtype`, accumulated in float32.
+
+  The gradient runs in `dtype` too: the float32 cotangent is rounded to `dtype` and both backward
+  products (dx = g yᵀ, dy = xᵀ g) take `dtype` operands with float32 accumulation, at the
+  forward's speed. (Autodiff of the cast-then-dot would multiply the float32 cotangent with the
+  narrow operand, which XLA runs as a float32 product.) The rounded operands are what the forward
+  keeps for the backward, half the memory of float32 activations.
+
+  Args:
+    x: [..., m, k] (or [k]); y: [..., k, n] (or [k]); leading axes broadcast as in jnp.matmul.
+    dtype: the operand dtype, e.g. bfloat16.
+
+  Returns:
+    float32 [..., m, n].
+  """
+  return jnp.matmul(x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _mixed_matmul_fwd(x, y, dtype):
+  xc, yc = x.astype(dtype), y.astype(dtype)
+  out = jnp.matmul(xc, yc, preferred_element_type=jnp.float32)
+  # Zero-size arrays carry the primal dtypes the gradients go back in.
+  return out, (xc, yc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), y.dtype))
+
+
+def _sum_to_shape(value: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Sums the broadcast leading axes of a gradient back to the operand's `shape`."""
+  extra = value.ndim - len(shape)
+  value = jnp.sum(value, axis=tuple(range(extra))) if extra else value
+  kept = tuple(i for i, n in enumerate(shape) if n == 1 and value.shape[i] != 1)
+  return jnp.sum(value, axis=kept, keepdims=True) if kept else value
+
+
+def _mixed_matmul_bwd(dtype, residuals, g):
+  xc, yc, x_kind, y_kind = residuals
+  gc = g.astype(dtype)
+  f32 = jnp.float32
+  if xc.ndim == 1 or yc.ndim == 1:  # vector cases: rare and small, plain autodiff of the cast
+    _, pull = jax.vjp(lambda a, b: jnp.matmul(a, b, preferred_element_type=f32), xc, yc)
+    dx, dy = pull(g.astype(f32))
+    return dx.astype(x_kind.dtype), dy.astype(y_kind.dtype)
+  dx = _sum_to_shape(jnp.matmul(gc, jnp.swapaxes(yc, -1, -2), preferred_element_type=f32),
+                     xc.shape)
+  if yc.ndim == 2:
+    # A weight shared by every row: one product over all rows, [k, rows] @ [rows, n].
+    rows = xc.reshape(-1, xc.shape[-1])
+    dy = jnp.dot(rows.T, gc.reshape(-1, gc.shape[-1]), preferred_element_type=f32)
+  else:
+    dy = _sum_to_shape(jnp.matmul(jnp.swapaxes(xc, -1, -2), gc, preferred_element_type=f32),
+                       yc.shape)
+  return dx.astype(x_kind.dtype), dy.astype(y_kind.dtype)
+
+
+mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
 def matmul(x: jax.Array, y: jax.Array, dtype: Dtype = None) -> jax.Array:
   """`x @ y`, with both operands cast to the compute dtype `dtype` when one is given.
 
   A compute dtype narrower than float32 (bfloat16) rounds only the operands: the product
-  accumulates and comes back in float32, so sums, norms and softmax downstream stay float32. With
-  `dtype` None the product is computed in the operands' own (promoted) dtype.
+  accumulates and comes back in float32, so sums, norms and softmax downstream stay float32, and
+  the gradient's products run in that dtype as well (`mixed_matmul`). With `dtype` None (or
+  float32) the product is computed in the operands' own (promoted) dtype.
   """
-  if dtype is None:
+  narrow = narrow_dtype(dtype)
+  if narrow is None:
     return x @ y
-  return jnp.matmul(x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32)
+  return mixed_matmul(x, y, narrow)
 
 
 def node_mix(matrix, x: jax.Array, dtype: Dtype = None) -> jax.Array:
@@ -170,9 +239,14 @@ def node_mix(matrix, x: jax.Array, dtype: Dtype = None) -> jax.Array:
   Returns:
     [..., N, C].
   """
-  out_dtype = x.dtype if dtype is None else jnp.float32
-  matrix = jnp.asarray(matrix, dtype or x.dtype)
-  x = x.astype(dtype or x.dtype)
+  narrow = narrow_dtype(dtype)
+  if narrow is not None:
+    return _narrow_node_mix(jnp.asarray(matrix, jnp.float32), x, narrow)
+  return _node_mix(jnp.asarray(matrix, x.dtype), x, None)
+
+
+def _node_mix(matrix, x, out_dtype):
+  """`matrix @ x[b]` as one batched product of the matrix broadcast to every sample."""
   if x.ndim == 2:
     return jnp.matmul(matrix, x, preferred_element_type=out_dtype)
   flat = x.reshape(-1, *x.shape[-2:])
@@ -180,6 +254,32 @@ def node_mix(matrix, x: jax.Array, dtype: Dtype = None) -> jax.Array:
   mixed = jax.lax.dot_general(batched, flat, (((2,), (1,)), ((0,), (0,))),
                               preferred_element_type=out_dtype)
   return _keep_apart(mixed).reshape(*x.shape[:-2], *mixed.shape[-2:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _narrow_node_mix(matrix, x, dtype):
+  """`node_mix` with `dtype` operands and float32 accumulation, its gradient in `dtype` too (see
+  `mixed_matmul`)."""
+  return _node_mix(matrix.astype(dtype), x.astype(dtype), jnp.float32)
+
+
+def _narrow_node_mix_fwd(matrix, x, dtype):
+  mc, xc = matrix.astype(dtype), x.astype(dtype)
+  return _node_mix(mc, xc, jnp.float32), (mc, xc, jnp.zeros((0,), x.dtype))
+
+
+def _narrow_node_mix_bwd(dtype, residuals, g):
+  mc, xc, x_kind = residuals
+  gc = g.astype(dtype)
+  dx = _node_mix(mc.T, gc, jnp.float32)
+  # d matrix = Σ_b g_b x_bᵀ: one product over every sample, [N, (b, c)] @ [(b, c), M].
+  rows = jnp.moveaxis(gc, -2, 0).reshape(gc.shape[-2], -1)
+  cols = jnp.moveaxis(xc, -2, 0).reshape(xc.shape[-2], -1)
+  dm = jnp.dot(rows, cols.T, preferred_element_type=jnp.float32)
+  return dm, dx.astype(x_kind.dtype)
+
+
+_narrow_node_mix.defvjp(_narrow_node_mix_fwd, _narrow_node_mix_bwd)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -109,9 +109,16 @@ class TorchConv1d(nn.Module):
     kernel = self.param("kernel", init, (self.kernel_size, in_features, self.features))
     bias = self.param("bias", init, (self.features,))
     pad = self.kernel_size // 2
-    dtype = x.dtype if self.dtype is None else self.dtype
+    if layers.narrow_dtype(self.dtype) is not None:
+      # As one matmul over the k shifted copies of x, so that the gradient's products run in
+      # the narrow dtype too (`layers.mixed_matmul`).
+      length = x.shape[1]
+      padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
+      shifted = jnp.concatenate([padded[:, k:k + length] for k in range(self.kernel_size)], -1)
+      out = layers.matmul(shifted, kernel.reshape(-1, self.features), self.dtype)
+      return out + bias
     out = jax.lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype), window_strides=(1,), padding=[(pad, pad)],
+        x, kernel, window_strides=(1,), padding=[(pad, pad)],
         dimension_numbers=("NWC", "WIO", "NWC"), preferred_element_type=x.dtype)
     return out + bias.astype(x.dtype)
 

@@ -58,10 +58,9 @@ class Dense(nn.Module):
     fan_in = x.shape[-1]
     init = _torch_uniform(1.0 / math.sqrt(fan_in))
     kernel = self.param("kernel", init, (fan_in, self.features))
-    dtype = self.dtype or jnp.result_type(x, kernel)
     # float32 accumulation: for bfloat16 operands both more accurate and ~2x faster on CPU than
-    # the bf16-output dot.
-    y = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    # the bf16-output dot; the gradient's products run in bfloat16 too (`layers.mixed_matmul`).
+    y = layers.matmul(x, kernel, self.dtype)
     if self.use_bias:
       y = y + self.param("bias", init, (self.features,))
     return y
@@ -114,16 +113,16 @@ def attention_core(qkv: jax.Array, scale: float, dtype=None) -> jax.Array:
   to float32 rounding. `dtype` (None = as given) is the operand dtype of the two products; the
   logits, the softmax and the output are float32.
   """
-  if dtype is not None:
-    qkv = qkv.astype(dtype)
+  if layers.narrow_dtype(dtype) is not None:
+    qkv = qkv.astype(dtype)  # before the re-layout: half the bytes to move
   qkv = jnp.moveaxis(qkv, (-3, -2), (0, -3))
   query, key, value = qkv[0], qkv[1], qkv[2]
-  logits = jnp.matmul(query * jnp.asarray(scale, query.dtype), jnp.swapaxes(key, -1, -2),
-                      preferred_element_type=jnp.float32)
+  logits = layers.matmul(query * jnp.asarray(scale, query.dtype), jnp.swapaxes(key, -1, -2),
+                         dtype)
   logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   weights = jnp.exp(logits)
   total = jnp.sum(weights, axis=-1, keepdims=True)
-  out = jnp.matmul(weights.astype(value.dtype), value, preferred_element_type=jnp.float32)
+  out = layers.matmul(weights, value, dtype)
   return jnp.swapaxes(out / total, -2, -3)
 
 
