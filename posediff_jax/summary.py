@@ -5,9 +5,10 @@ around serialised `tensorflow.Event` protobufs:
 
   record  = uint64 length | uint32 masked_crc32c(length) | payload | uint32 masked_crc32c(payload)
   Event   = 1: wall_time (double) | 2: step (int64) | 3: file_version (string)
-            | 5: summary (Summary)
+            | 5: summary (Summary) | 7: session_log (SessionLog)
   Summary = 1: value (repeated Summary.Value)
   Value   = 1: tag (string) | 2: simple_value (float)
+  SessionLog = 1: status (enum; 1 = START)
 
 All integers are little-endian. The first record of a file carries only
 `file_version = "brain.Event:2"`.
@@ -82,14 +83,17 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
 
 
 def encode_event(wall_time: float, step: int, *, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
-  """A serialised `Event` holding a file version or a summary of scalar values.
+                 scalars: Mapping[str, float] | None = None, session_start: bool = False
+                 ) -> bytes:
+  """A serialised `Event` holding a file version, a summary of scalar values or a session start.
 
   Args:
     wall_time: seconds since the epoch.
     step: the global step.
     file_version: set only in a file's first event.
     scalars: {tag: value}; each becomes a `Summary.Value` with `simple_value` (float32).
+    session_start: a `SessionLog` START: TensorBoard then drops every event of the run at steps
+      >= `step` written before it (the steps a resumed run repeats).
 
   Returns:
     The protobuf wire bytes.
@@ -97,6 +101,8 @@ def encode_event(wall_time: float, step: int, *, file_version: str | None = None
   out = _field_key(1, 1) + struct.pack("<d", wall_time) + _field_key(2, 0) + _varint(int(step))
   if file_version is not None:
     out += _length_delimited(3, file_version.encode())
+  if session_start:
+    out += _length_delimited(7, _field_key(1, 0) + _varint(1))
   if scalars:
     summary = b""
     for tag, value in scalars.items():
@@ -118,8 +124,10 @@ class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and to a TensorBoard event file under `workdir/tb/`.
 
   Re-opening the same workdir (a resumed run) appends to `metrics.jsonl` and starts a new event
-  file; TensorBoard merges all event files of a folder. With `enabled=False` (the non-main
-  processes of a multi-process job) nothing is created or written.
+  file; TensorBoard merges all event files of a folder. A run resumed from a checkpoint at step S
+  calls `resume_from(S)`, which drops what the interrupted run logged after S, so each step is
+  logged once. With `enabled=False` (the non-main processes of a multi-process job) nothing is
+  created or written.
   """
 
   def __init__(self, workdir, *, enabled: bool = True):
@@ -133,9 +141,13 @@ class MetricWriter:
     tb_dir.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
     now = time.time()
-    # The pid keeps two writers started in the same second on one host apart.
+    # The pid keeps two writers started in the same second on one host apart, the counter two
+    # of one process (a resumed run in the same interpreter).
     name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}"
-    self.event_path = tb_dir / name
+    self.event_path, count = tb_dir / name, 0
+    while self.event_path.exists():
+      count += 1
+      self.event_path = tb_dir / f"{name}.{count}"
     self._events = open(self.event_path, "wb")
     self._events.write(tfrecord_frame(encode_event(now, 0, file_version="brain.Event:2")))
     self._events.flush()
@@ -153,6 +165,27 @@ class MetricWriter:
             **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
     self._jsonl.write(json.dumps(line) + "\n")
     self._events.write(tfrecord_frame(encode_event(now, int(step), scalars=values)))
+    self.flush()
+
+  def resume_from(self, step: int) -> None:
+    """Forgets what was logged after `step`: `metrics.jsonl` keeps only lines at steps <= `step`,
+    and the event file gets a session start at step + 1, which tells TensorBoard to drop the
+    interrupted run's later events (a run killed after its last checkpoint logged them)."""
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    path = self.workdir / "metrics.jsonl"
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+      try:
+        logged = json.loads(line).get("step")
+      except json.JSONDecodeError:
+        continue  # a line cut short by the kill
+      if logged is not None and logged <= step:
+        kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    self._jsonl = open(path, "a", encoding="utf-8")
+    self._events.write(tfrecord_frame(encode_event(time.time(), step + 1, session_start=True)))
     self.flush()
 
   def write_config(self, config: Mapping[str, Any]) -> None:

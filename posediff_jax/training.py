@@ -453,9 +453,25 @@ def train_and_evaluate(config, workdir) -> dict:
     step0, restored = checkpoint.restore_newest_intact(
         ckpt, lambda s: ckpt.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract))), is_main=is_main)
+  results_path = workdir / "eval_results.json"
+  if step0 is not None and step0 >= total_steps:
+    # A finished run run again: nothing to train; its results stand unless they were never
+    # written (final evaluation off, or the process ended during it).
+    done = results_path.is_file() or not config.train.get("final_eval", True)
+    if is_main:
+      where = f"; results in {results_path}" if results_path.is_file() else ""
+      print(f"{workdir}: training is complete (step {step0} of {total_steps}){where}"
+            + ("" if done else "; running its final evaluation"), flush=True)
+    if done:
+      ckpt.close()
+      writer.close()
+      if results_path.is_file():
+        return json.loads(results_path.read_text())
+      return {"step": step0}
   if step0 is not None:
     state = restored["state"]
-    if is_main:
+    writer.resume_from(step0)
+    if is_main and step0 < total_steps:
       print(f"resumed from {workdir / 'checkpoints'} step {step0}", flush=True)
   else:
     writer.write_config(json.loads(config.to_json_best_effort()))
@@ -585,6 +601,6 @@ def train_and_evaluate(config, workdir) -> dict:
     result["results"] = table.to_dict()
     if is_main:
       print(table.format_table(), flush=True)
-      (workdir / "eval_results.json").write_text(json.dumps(result, indent=2))
+      results_path.write_text(json.dumps(result, indent=2))
   writer.close()
   return result

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests import tiny_run
-from tests.test_training import _state, _steps
+from tests.test_training import _losses, _state, _steps
 
 OVERRIDES = {"train.lifter_steps": 3, "train.steps": 3}
 TOTAL = 6
@@ -98,3 +98,13 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(runs):
   assert f"resumed from {runs['damaged'] / 'checkpoints'} step 2" in runs["resume_stdout"]
   assert (runs["damaged"] / "checkpoints" / "damaged_4").is_dir()
   _assert_equal(_state(runs["damaged"], TOTAL), _state(runs["straight"], TOTAL), "damaged")
+
+
+@pytest.mark.parametrize("name", ["killed", "preempted", "damaged"])
+def test_resumed_runs_log_every_step_once(runs, name):
+  # The killed run had logged step 5 before dying; resumed from step 4 (the damaged one from 2),
+  # it logs those steps again, and the log keeps only the resumed run's lines.
+  straight = [(s, v) for s, v in _losses(runs["straight"])]
+  resumed = _losses(runs[name])
+  assert [step for step, _ in resumed] == list(range(1, TOTAL + 1))
+  np.testing.assert_allclose([v for _, v in resumed], [v for _, v in straight], rtol=1e-6)

@@ -93,6 +93,9 @@ def _parse_event(payload: bytes) -> dict:
         assert (vnum, vwire) == (1, 2)
         parts = {n: v for n, _, v in _decode_fields(item)}
         event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
+    elif number == 7:  # SessionLog: status 1 = START
+      assert wire == 2
+      event["session_log"] = {n: v for n, _, v in _decode_fields(value)}
     else:
       raise AssertionError(f"unexpected Event field {number}")
   return event
@@ -146,6 +149,25 @@ def test_jsonl_and_config(tmp_path):
   with summary.MetricWriter(tmp_path) as again:
     again.write_scalars(3, {"a": 3.0})
   assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_resumed_run_forgets_what_was_logged_after_its_checkpoint(tmp_path):
+  with summary.MetricWriter(tmp_path) as killed:
+    for step in range(1, 6):
+      killed.write_scalars(step, {"loss": float(step)})
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 6, "lo')  # the line the kill cut short
+  with summary.MetricWriter(tmp_path) as resumed:
+    resumed.resume_from(3)
+    resumed.write_scalars(4, {"loss": 40.0})
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(l["step"], l["loss"]) for l in lines] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+  # TensorBoard drops the first file's events at steps >= 4 when it meets this session start.
+  files = sorted((tmp_path / "tb").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+  assert len(files) == 2  # one per writer, also two of one process within one second
+  events = [_parse_event(r) for r in _read_records(files[1])]
+  assert events[1]["step"] == 4 and events[1]["session_log"] == {1: 1}
+  assert events[2]["scalars"] == {"loss": 40.0}
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

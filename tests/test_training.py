@@ -161,12 +161,14 @@ def test_resume_is_not_vacuous(runs):
 def test_each_resume_says_where_it_starts(runs):
   resumed = [line for line in runs["stdout"].splitlines() if line.startswith("resumed from")]
   assert resumed == [f"resumed from {runs['pieces'] / 'checkpoints'} step 2",
-                     f"resumed from {runs['pieces'] / 'checkpoints'} step 4",
-                     f"resumed from {runs['straight'] / 'checkpoints'} step {TOTAL}"]
+                     f"resumed from {runs['pieces'] / 'checkpoints'} step 4"]
 
 
-def test_rerunning_a_finished_run_trains_no_further_and_evaluates_the_same(runs):
-  # The repeated command found step 6 and only evaluated: no new checkpoint, no logged step.
+def test_rerunning_a_finished_run_says_it_is_complete_and_changes_nothing(runs):
+  # The repeated command found step 6 of 6 and its results: no training, no new evaluation.
+  results = runs["straight"] / "eval_results.json"
+  assert (f"{runs['straight']}: training is complete (step {TOTAL} of {TOTAL}); results in "
+          f"{results}") in runs["stdout"].splitlines()
   assert _steps(runs["straight"]) == [2, 4, 6]
   assert [step for step, _ in _losses(runs["straight"])] == list(range(1, TOTAL + 1))
   straight = json.loads((runs["straight"] / "eval_results.json").read_text())
