@@ -52,6 +52,7 @@ TEXT_TILINGS = ("upstream", "per_clip")  # models.finepose.TEXT_TILINGS
 GRAPHS = ("h36m", "3dhp")  # models.dsgdiffu.GRAPHS
 ENCODERS = ("p4transformer", "point_transformer")  # families.mmdiff._ENCODERS
 EVAL_MODES = ("P_Agg", "P_Best", "J_Best", "J_Agg")  # diffusion.aggregation.MODES
+SHUFFLE_ORDERS = ("seeded", "upstream")  # data.pipeline.ORDERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,8 @@ _RULES = [
     _Rule("phase1.radius", "float>0"),
     _Rule("phase1.encoder", "choice", _ALL, ENCODERS),
     _Rule("model.mlp_ratio", "float>0"),
-    *_rules("fraction", _ALL, "model.dropout", "lifter.dropout", "model.drop_path_rate"),
+    *_rules("fraction", _ALL, "model.dropout", "lifter.dropout", "model.drop_path_rate",
+            "model.inner_dropout", "lifter.inner_dropout"),
     _Rule("model.text_tiling", "choice", _ALL, TEXT_TILINGS),
     _Rule("model.graph", "choice", _ALL, GRAPHS),
     # The diffusion schedule (the converter checks D3DP's buffers against it).
@@ -135,6 +137,8 @@ _RULES = [
     _Rule("train.ema_rate", "fraction", _TRAINING),
     _Rule("train.flip_probability", "probability", _TRAINING),
     _Rule("train.compute_dtype", "choice", _TRAINING, COMPUTE_DTYPES_TRAIN),
+    _Rule("train.shuffle", "choice", _TRAINING, SHUFFLE_ORDERS),
+    _Rule("train.upstream_shuffle_seed", "int>=0", _TRAINING),
 ]
 
 _MISSING = object()
