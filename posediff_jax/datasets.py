@@ -2,19 +2,28 @@
 radar frames (mmDiff).
 
 `config.data.layout` says which ("frames" when absent). Frame configs read DiffPose's GMM files
-through `data.h36m`; clip configs read VideoPose3D's files or MPI-INF-3DHP's (`config.data.dataset`)
-through `data.video`; radar configs read mmBody or mm-Fi (raw, or upstream's phase-2 cache) through
-`data.radar`. Training and evaluation only talk to this module, so they never branch on the file
-format themselves. Radar data is read per training stage (`staged`, `stage_data`): the denoiser
-stage reads the frames with the frozen encoder's outputs.
+through `data.h36m` and batch them with `data.frame_pipeline`; clip configs read VideoPose3D's
+files (`data.h36m`) or MPI-INF-3DHP's (`data.mpi3dhp`), as `config.data.dataset` says, and batch
+them with `data.clip_pipeline`; radar configs read mmBody (`data.mmbody`) or mm-Fi (`data.mmfi`)
+raw, or upstream's phase-2 cache (`data.mmdiff_cache`), and batch them with
+`data.radar_pipeline`. Training and evaluation only talk to this module, so they never branch on
+the file format themselves. Radar data is read per training stage (`staged`, `stage_data`): the
+denoiser stage reads the frames with the frozen encoder's outputs.
 """
 
 import pathlib
 from typing import Any
 
 from posediff_jax import skeleton
+from posediff_jax.data import clip_pipeline
+from posediff_jax.data import frame_pipeline
 from posediff_jax.data import h36m
-from posediff_jax.data import pipeline
+from posediff_jax.data import mmbody
+from posediff_jax.data import mmdiff_cache
+from posediff_jax.data import mmfi
+from posediff_jax.data import mpi3dhp
+from posediff_jax.data import radar
+from posediff_jax.data import radar_pipeline
 from posediff_jax.data import synthetic
 
 LAYOUTS = ("frames", "clips", "radar")
@@ -36,10 +45,9 @@ def staged(config) -> bool:
 def check_stages(config, stages) -> None:
   """A clear error before training when the data cannot feed one of the planned stages."""
   if layout(config) == "radar":
-    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
     settings = radar.settings_from_config(config)
     for stage in stages:
-      radar.check_stage(settings, stage)
+      radar_pipeline.check_stage(settings, stage)
 
 
 def stage_data(config, stage: str, params, train, test, *, progress: bool = True):
@@ -65,11 +73,29 @@ def _require(path: pathlib.Path, field: str) -> pathlib.Path:
   return path
 
 
+def _radar_data_paths(config) -> dict[str, pathlib.Path]:
+  """{'root': the radar data folder}, generating the synthetic set first if asked."""
+  settings = radar.settings_from_config(config)
+  if config.data.get("generate_synthetic", False):
+    if settings.source != "raw":
+      raise ValueError("config.data.generate_synthetic writes the raw layout: set "
+                       "config.data.source='raw'")
+    from posediff_jax.data import synthetic_radar  # pylint: disable=g-import-not-at-top
+    synthetic_radar.ensure_synthetic_radar(
+        settings.root, settings.dataset,
+        frames_per_sequence=int(config.data.get("synthetic_frames",
+                                                synthetic_radar.DEFAULT_FRAMES)))
+  if not settings.root.is_dir():
+    raise FileNotFoundError(f"radar data folder {settings.root} (config.data.root) not found; see "
+                            "README 'mmDiff' for the layouts, or generate a synthetic set with "
+                            "python -m posediff_jax.data.synthetic_radar")
+  return {"root": settings.root}
+
+
 def data_paths(config) -> dict[str, pathlib.Path]:
   """The files `config.data` names, generating the synthetic set first if asked."""
   if layout(config) == "radar":
-    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
-    return radar.data_paths(config)
+    return _radar_data_paths(config)
   root = pathlib.Path(config.data.root)
   if config.data.get("dataset", "h36m") == "3dhp":
     if config.data.get("generate_synthetic", False):
@@ -88,25 +114,27 @@ def data_paths(config) -> dict[str, pathlib.Path]:
 
 
 def load_split(config, split: str) -> Any:
-  """The train or test split: an `h36m.FrameSet`, a list of `video.VideoSequence` for clips, or a
-  `radar.RadarSplit`.
+  """The train or test split: an `h36m.FrameSet`, a list of `videos.VideoSequence` for clips, or
+  a `radar.RadarSplit`.
 
   Frames: `config.data.kernel` ("weighted" when absent) and `config.data.fixed_resolution` (each
-  camera's own resolution when absent or None) are passed on to `h36m.load_frame_set`.
+  camera's own resolution when absent or None) are passed on to `h36m.load_frame_set`. Radar:
+  `config.data.source` and `config.data.dataset` pick the reader.
   """
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  if layout(config) == "radar":
-    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
-    return radar.load_split(config, split)
   paths = data_paths(config)
+  if layout(config) == "radar":
+    settings = radar.settings_from_config(config)
+    reader = (mmdiff_cache if settings.source == "cache"
+              else mmbody if settings.dataset == "mmbody" else mmfi)
+    return reader.load_split(settings, split)
   if layout(config) == "clips":
-    from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
     if config.data.get("dataset", "h36m") == "3dhp":
-      loader = video.load_3dhp_train if split == "train" else video.load_3dhp_test
+      loader = mpi3dhp.load_train if split == "train" else mpi3dhp.load_test
       return loader(paths[split])
     subjects = config.data.train_subjects if split == "train" else config.data.test_subjects
-    return video.load_h36m_videos(paths["3d"], paths["2d"], tuple(subjects))
+    return h36m.load_h36m_videos(paths["3d"], paths["2d"], tuple(subjects))
   subjects = config.data.train_subjects if split == "train" else config.data.test_subjects
   resolution = config.data.get("fixed_resolution")
   return h36m.load_frame_set(paths["3d"], paths[f"{split}_2d"], tuple(subjects),
@@ -118,9 +146,8 @@ def load_split(config, split: str) -> Any:
 def num_train_examples(config, data) -> int:
   """Examples in one training epoch: frames, or clips (chunks, doubled by flip augmentation)."""
   if layout(config) == "clips":
-    from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
     lengths = [len(s.input_2d) for s in data]
-    return len(video.chunk_index(lengths, config.model.num_frames,
+    return len(clip_pipeline.chunk_index(lengths, config.model.num_frames,
                                  config.train.get("flip_augment", False)))
   return len(data.target_3d)  # frames, and radar frames
 
@@ -132,18 +159,17 @@ def train_dataset(config, data, *, batch_size: int, shard_index: int, shard_coun
   `stage` picks the stream of one training stage for `staged` layouts (radar).
   """
   if layout(config) == "radar":
-    from posediff_jax.data import radar  # pylint: disable=g-import-not-at-top
     if stage is None:
       raise ValueError("radar data has one training stream per stage: pass stage=")
-    return radar.train_dataset(data, radar.settings_from_config(config), stage=stage,
-                               batch_size=batch_size, seed=config.seed, shard_index=shard_index,
-                               shard_count=shard_count, worker_count=config.data.worker_count)
+    return radar_pipeline.train_dataset(
+        data, radar.settings_from_config(config), stage=stage, batch_size=batch_size,
+        seed=config.seed, shard_index=shard_index, shard_count=shard_count,
+        worker_count=config.data.worker_count)
   order = config.train.get("shuffle", "seeded")
   if layout(config) == "clips":
-    from posediff_jax.data import video  # pylint: disable=g-import-not-at-top
     left, right, _ = joint_symmetry(config)
     upstream = order == "upstream"
-    return video.train_dataset(
+    return clip_pipeline.train_dataset(
         data, num_frames=config.model.num_frames, batch_size=batch_size,
         seed=config.train.upstream_shuffle_seed if upstream else config.seed,
         shard_index=shard_index, shard_count=shard_count,
@@ -152,6 +178,6 @@ def train_dataset(config, data, *, batch_size: int, shard_index: int, shard_coun
   if order != "seeded":
     raise ValueError(f"train.shuffle={order!r} exists for the clip families (upstream's "
                      "ChunkedGenerator order); frame and radar data shuffle per seeded epoch")
-  return pipeline.train_dataset(data, batch_size=batch_size, seed=config.seed,
-                                shard_index=shard_index, shard_count=shard_count,
-                                worker_count=config.data.worker_count)
+  return frame_pipeline.train_dataset(data, batch_size=batch_size, seed=config.seed,
+                                      shard_index=shard_index, shard_count=shard_count,
+                                      worker_count=config.data.worker_count)

@@ -23,8 +23,8 @@ from posediff_jax import families
 from posediff_jax import metrics
 from posediff_jax import sharding
 from posediff_jax import summary
+from posediff_jax.data import frame_pipeline
 from posediff_jax.data import h36m
-from posediff_jax.data import pipeline
 
 # Kept here too: the data layout is `datasets`' business, but callers used to find these here.
 data_paths = datasets.data_paths
@@ -95,7 +95,7 @@ def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = Tru
   predict = predict_fn or make_predict_fn(config)
   errors = jax.jit(_errors, out_shardings=(repl, repl))
   table = metrics.ActionErrorTable(upstream_p2_batch_mean=config.eval.upstream_p2_batch_mean)
-  batches, num_batches = pipeline.eval_batches(frames, batch_size)
+  batches, num_batches = frame_pipeline.eval_batches(frames, batch_size)
   if max_batches > 0:
     num_batches = min(num_batches, max_batches)
   bar = summary.ProgressBar(num_batches, "evaluate", enabled=progress)

@@ -26,6 +26,7 @@ from posediff_jax import metrics
 from posediff_jax import sharding
 from posediff_jax import summary
 from posediff_jax.data import radar as radar_data
+from posediff_jax.data import radar_pipeline
 
 AVERAGES = ("scenes", "frames")
 _COLUMNS = ("p1", "p2", "coarse_p1", "coarse_p2")
@@ -71,7 +72,7 @@ def encode_split(config, encoder_variables, split: radar_data.RadarSplit, *, pro
   by_batch, repl = sharding.by_batch(mesh), sharding.replicated(mesh)
   variables = jax.device_put(encoder_variables, repl)
   encode = encode_fn or make_encode_fn(config)
-  batches, num_batches = radar_data.eval_batches(
+  batches, num_batches = radar_pipeline.eval_batches(
       split, batch_size, stage="encoder", settings=settings, shard_index=jax.process_index(),
       shard_count=jax.process_count())
   coarse, features = [None] * num_batches, [None] * num_batches
@@ -104,7 +105,7 @@ def prepare_stage(config, stage: str, params, train: radar_data.RadarSplit,
                   test: radar_data.RadarSplit, *, progress: bool = True):
   """The (train, test) splits a training stage reads: the encoder stage the raw frames, the
   denoiser stage the frames with phase-1 outputs (computed with the frozen encoder if needed)."""
-  radar_data.check_stage(radar_data.settings_from_config(config), stage)
+  radar_pipeline.check_stage(radar_data.settings_from_config(config), stage)
   if stage == "encoder":
     return train, test
   return (phase2_split(config, params, train, progress=progress),
@@ -230,7 +231,7 @@ def evaluate(config, params, split: radar_data.RadarSplit, *, max_batches: int =
   by_batch, repl = sharding.by_batch(mesh), sharding.replicated(mesh)
   params = jax.device_put({"denoiser": params["denoiser"]}, repl)
   predict = predict_fn or make_predict_fn(config)
-  batches, num_batches = radar_data.eval_batches(
+  batches, num_batches = radar_pipeline.eval_batches(
       split, batch_size, stage="denoiser", settings=settings, shard_index=jax.process_index(),
       shard_count=jax.process_count())
   if max_batches > 0:

@@ -28,7 +28,8 @@ from posediff_jax import metrics
 from posediff_jax import metrics_3dhp
 from posediff_jax import sharding
 from posediff_jax import summary
-from posediff_jax.data import video
+from posediff_jax.data import clip_pipeline
+from posediff_jax.data import videos
 from posediff_jax.diffusion import aggregation
 
 _ARRAY_KEYS = ("input_2d", "target_3d", "trajectory", "clip_mask", "frame_mask", "intrinsic",
@@ -201,7 +202,7 @@ def _stack(batches: list[dict[str, Any]], sequences, config) -> dict[str, np.nda
   return {k: np.stack(v) for k, v in out.items()}
 
 
-def evaluate(config, params, sequences: list[video.VideoSequence], *, max_batches: int = 0,
+def evaluate(config, params, sequences: list[videos.VideoSequence], *, max_batches: int = 0,
              progress: bool = True, predict_fn=None) -> ClipEvaluation:
   """Samples every test clip, aggregates the hypotheses and fills the tables (see module doc)."""
   modes = _check_modes(config)
@@ -214,7 +215,7 @@ def evaluate(config, params, sequences: list[video.VideoSequence], *, max_batche
   predict = predict_fn or make_predict_fn(config)
   is_3dhp = config.data.get("dataset", "h36m") == "3dhp"
   num_frames = config.model.num_frames
-  batches, num_batches = video.eval_batches(sequences, num_frames, config.eval.batch_size)
+  batches, num_batches = clip_pipeline.eval_batches(sequences, num_frames, config.eval.batch_size)
   if max_batches > 0:
     num_batches = min(num_batches, max_batches)
   num_steps = config.sampling.num_steps

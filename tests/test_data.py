@@ -8,6 +8,7 @@ import pytest
 from posediff_jax import cameras
 from posediff_jax import safe_load
 from posediff_jax import skeleton
+from posediff_jax.data import frame_pipeline
 from posediff_jax.data import h36m
 from posediff_jax.data import pipeline
 
@@ -312,7 +313,7 @@ def _rows(batch):
 
 def test_train_batches_shapes_and_determinism():
   frames = _indexed_frames()
-  batches = _take(iter(pipeline.train_dataset(frames, batch_size=8, seed=1)), 30)
+  batches = _take(iter(frame_pipeline.train_dataset(frames, batch_size=8, seed=1)), 30)
   for batch in batches:
     assert set(batch) == {"input_2d", "input_2d_var", "target_3d", "action"}
     assert batch["input_2d"].shape == (8, 17, 2) and batch["input_2d"].dtype == np.float32
@@ -330,8 +331,8 @@ def test_train_batches_shapes_and_determinism():
     np.testing.assert_array_equal(
         np.take_along_axis(gmm[..., 3:5], kernel[..., None, None], axis=2)[:, :, 0],
         batch["input_2d_var"])
-  again = _take(iter(pipeline.train_dataset(frames, batch_size=8, seed=1)), 30)
-  other = _take(iter(pipeline.train_dataset(frames, batch_size=8, seed=2)), 30)
+  again = _take(iter(frame_pipeline.train_dataset(frames, batch_size=8, seed=1)), 30)
+  other = _take(iter(frame_pipeline.train_dataset(frames, batch_size=8, seed=2)), 30)
   for a, b in zip(batches, again):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -340,7 +341,7 @@ def test_train_batches_shapes_and_determinism():
 
 def test_train_epochs_cover_each_frame_once_and_reshuffle():
   frames = _indexed_frames(num_frames=100)
-  batches = list(pipeline.train_dataset(frames, batch_size=8, seed=0, num_epochs=2))
+  batches = list(frame_pipeline.train_dataset(frames, batch_size=8, seed=0, num_epochs=2))
   assert len(batches) == 2 * pipeline.epoch_steps(100, 8) == 24
   first, second = (np.concatenate([_rows(b) for b in batches[i:i + 12]]) for i in (0, 12))
   for epoch in (first, second):
@@ -350,11 +351,11 @@ def test_train_epochs_cover_each_frame_once_and_reshuffle():
 
 def test_train_iterator_resumes_from_state():
   frames = _indexed_frames()
-  iterator = iter(pipeline.train_dataset(frames, batch_size=8, seed=3))
+  iterator = iter(frame_pipeline.train_dataset(frames, batch_size=8, seed=3))
   _ = [next(iterator) for _ in range(17)]  # crosses an epoch boundary (12 steps per epoch)
   state = iterator.get_state()
   expected = _take(iterator, 10)
-  resumed = iter(pipeline.train_dataset(frames, batch_size=8, seed=3))
+  resumed = iter(frame_pipeline.train_dataset(frames, batch_size=8, seed=3))
   resumed.set_state(state)
   for want, got in zip(expected, _take(resumed, 10)):
     for key in want:
@@ -363,8 +364,8 @@ def test_train_iterator_resumes_from_state():
 
 def test_train_shards_are_disjoint():
   frames = _indexed_frames()
-  shards = [_take(iter(pipeline.train_dataset(frames, batch_size=4, seed=5, shard_index=k,
-                                              shard_count=3)), 8) for k in range(3)]
+  shards = [_take(iter(frame_pipeline.train_dataset(frames, batch_size=4, seed=5, shard_index=k,
+                                                    shard_count=3)), 8) for k in range(3)]
   for step in range(8):
     rows = np.concatenate([_rows(shard[step]) for shard in shards])
     assert len(np.unique(rows)) == 12
@@ -372,9 +373,9 @@ def test_train_shards_are_disjoint():
   epoch = np.concatenate([_rows(shard[s]) for shard in shards for s in range(steps_per_epoch)])
   assert len(np.unique(epoch)) == steps_per_epoch * 12
   with pytest.raises(ValueError, match="shard_index"):
-    pipeline.train_dataset(frames, batch_size=4, seed=0, shard_index=3, shard_count=3)
+    frame_pipeline.train_dataset(frames, batch_size=4, seed=0, shard_index=3, shard_count=3)
   with pytest.raises(ValueError, match="cannot fill"):
-    pipeline.train_dataset(frames, batch_size=60, seed=0, shard_count=2)
+    frame_pipeline.train_dataset(frames, batch_size=60, seed=0, shard_count=2)
 
 
 def test_train_worker_processes_give_the_same_batches():
@@ -382,8 +383,9 @@ def test_train_worker_processes_give_the_same_batches():
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   frames = _indexed_frames(num_frames=40)
-  local = _take(iter(pipeline.train_dataset(frames, batch_size=4, seed=7)), 5)
-  workers = _take(iter(pipeline.train_dataset(frames, batch_size=4, seed=7, worker_count=1)), 5)
+  local = _take(iter(frame_pipeline.train_dataset(frames, batch_size=4, seed=7)), 5)
+  workers = _take(iter(frame_pipeline.train_dataset(frames, batch_size=4, seed=7,
+                                                    worker_count=1)), 5)
   for want, got in zip(local, workers):
     for key in want:
       np.testing.assert_array_equal(want[key], got[key])
@@ -391,7 +393,7 @@ def test_train_worker_processes_give_the_same_batches():
 
 def test_eval_batches_order_padding_and_valid():
   frames = _indexed_frames(num_frames=23)
-  batches, num_batches = pipeline.eval_batches(frames, 10)
+  batches, num_batches = frame_pipeline.eval_batches(frames, 10)
   batches = list(batches)
   assert num_batches == len(batches) == 3
   rows = np.concatenate([_rows(b) for b in batches])
@@ -408,8 +410,8 @@ def test_eval_batches_order_padding_and_valid():
 
 def test_eval_shards_concatenate_to_the_global_batches():
   frames = _indexed_frames(num_frames=23)
-  whole = list(pipeline.eval_batches(frames, 10)[0])
-  shards = [list(pipeline.eval_batches(frames, 10, shard_index=k, shard_count=2)[0])
+  whole = list(frame_pipeline.eval_batches(frames, 10)[0])
+  shards = [list(frame_pipeline.eval_batches(frames, 10, shard_index=k, shard_count=2)[0])
             for k in range(2)]
   assert len(shards[0]) == len(shards[1]) == len(whole)
   for i, batch in enumerate(whole):
@@ -417,4 +419,4 @@ def test_eval_shards_concatenate_to_the_global_batches():
       np.testing.assert_array_equal(
           np.concatenate([shards[0][i][key], shards[1][i][key]]), batch[key])
   with pytest.raises(ValueError, match="divisible"):
-    pipeline.eval_batches(frames, 10, shard_count=3)
+    frame_pipeline.eval_batches(frames, 10, shard_count=3)

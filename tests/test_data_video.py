@@ -1,5 +1,5 @@
-"""Tests for the clip data path of the video families (`posediff_jax.data.video`) and the synthetic
-3DHP files it reads."""
+"""Tests for the clip data path of the video families (the Human3.6M and MPI-INF-3DHP video
+readers, `posediff_jax.data.clip_pipeline`) and the synthetic 3DHP files it reads."""
 
 import itertools
 import zipfile
@@ -10,10 +10,13 @@ import pytest
 from posediff_jax import cameras
 from posediff_jax import safe_load
 from posediff_jax import skeleton
+from posediff_jax.data import clip_pipeline
+from posediff_jax.data import h36m
+from posediff_jax.data import mpi3dhp
 from posediff_jax.data import pipeline
 from posediff_jax.data import synthetic
 from posediff_jax.data import synthetic_3dhp
-from posediff_jax.data import video
+from posediff_jax.data import videos
 
 from tests.conftest import parity_dir
 
@@ -22,14 +25,14 @@ H36M_ACTIONS = ("Walking", "Sitting")
 
 
 def _toy_sequence(length: int, joints: int = 5, valid=None, name: str = "toy"
-                  ) -> video.VideoSequence:
+                  ) -> videos.VideoSequence:
   """A video whose x coordinate of every joint is its frame number and y its joint number."""
   frames = np.arange(length, dtype=np.float32)[:, None, None]
   joint = np.arange(joints, dtype=np.float32)[None, :, None]
   input_2d = np.concatenate(np.broadcast_arrays(frames, joint), axis=-1).astype(np.float32)
   target_3d = np.concatenate([input_2d, np.full((length, joints, 1), 7, np.float32)], axis=-1)
   target_3d[:, 0] = 0
-  return video.VideoSequence(
+  return videos.VideoSequence(
       input_2d=input_2d, target_3d=target_3d, trajectory=np.ones((length, 1, 3), np.float32),
       intrinsic=np.zeros(9, np.float32), subject="S0", action=name, camera=0,
       image_size=(10, 10), valid=np.ones(length, bool) if valid is None else valid, root_joint=0)
@@ -41,17 +44,17 @@ def _toy_sequence(length: int, joints: int = 5, valid=None, name: str = "toy"
 
 def test_chunk_grid_is_centred():
   # N=4, F=3: 2 chunks, offset (6 - 4) // 2 = 1; N=3: one exact chunk; N=1: offset (3 - 1) // 2.
-  got = video.chunk_index([4, 3, 1], 3, flip_augment=True)
+  got = clip_pipeline.chunk_index([4, 3, 1], 3, flip_augment=True)
   np.testing.assert_array_equal(got, [[0, -1, 0], [0, 2, 0], [0, -1, 1], [0, 2, 1],
                                       [1, 0, 0], [1, 0, 1], [2, -1, 0], [2, -1, 1]])
-  np.testing.assert_array_equal(video.chunk_index([7], 3, flip_augment=False),
+  np.testing.assert_array_equal(clip_pipeline.chunk_index([7], 3, flip_augment=False),
                                 [[0, -1, 0], [0, 2, 0], [0, 5, 0]])
 
 
 def test_clip_source_edge_padding_and_flip():
   left, right = (1, 2), (3, 4)
-  clips = video.ClipSource([_toy_sequence(4)], num_frames=3, flip_augment=True, left=left,
-                           right=right)
+  clips = clip_pipeline.ClipSource([_toy_sequence(4)], num_frames=3, flip_augment=True, left=left,
+                                   right=right)
   assert len(clips) == 4
   # Chunk 0 covers frames -1..1 (frame 0 repeated), chunk 1 frames 2..4 (frame 3 repeated).
   np.testing.assert_array_equal(clips[0]["input_2d"][:, 0, 0], [0, 0, 1])
@@ -73,17 +76,17 @@ def test_clip_source_edge_padding_and_flip():
 def test_flip_twice_is_identity_and_matches_h36m_flip():
   rng = np.random.default_rng(0)
   poses = rng.normal(size=(2, 6, 17, 3)).astype(np.float32)
-  once = video.flip_poses(poses, skeleton.H36M_LEFT, skeleton.H36M_RIGHT)
+  once = clip_pipeline.flip_poses(poses, skeleton.H36M_LEFT, skeleton.H36M_RIGHT)
   np.testing.assert_array_equal(once, skeleton.flip_pose(poses))
-  np.testing.assert_array_equal(video.flip_poses(once, skeleton.H36M_LEFT, skeleton.H36M_RIGHT),
-                                poses)
-  hp = video.flip_poses(poses, skeleton.MPI3DHP_LEFT, skeleton.MPI3DHP_RIGHT)
-  np.testing.assert_array_equal(video.flip_poses(hp, skeleton.MPI3DHP_LEFT,
-                                                 skeleton.MPI3DHP_RIGHT), poses)
+  np.testing.assert_array_equal(
+      clip_pipeline.flip_poses(once, skeleton.H36M_LEFT, skeleton.H36M_RIGHT), poses)
+  hp = clip_pipeline.flip_poses(poses, skeleton.MPI3DHP_LEFT, skeleton.MPI3DHP_RIGHT)
+  np.testing.assert_array_equal(clip_pipeline.flip_poses(hp, skeleton.MPI3DHP_LEFT,
+                                                         skeleton.MPI3DHP_RIGHT), poses)
   with pytest.raises(ValueError, match="disjoint"):
-    video.mirror_permutation(17, (1, 2), (2, 3))
+    clip_pipeline.mirror_permutation(17, (1, 2), (2, 3))
   with pytest.raises(ValueError, match="disjoint"):
-    video.mirror_permutation(5, (1,), (7,))
+    clip_pipeline.mirror_permutation(5, (1,), (7,))
 
 
 def _take(iterator, count):
@@ -101,20 +104,20 @@ def _assert_batches_equal(a, b):
 def test_train_stream_resumes_and_reshuffles():
   sequences = [_toy_sequence(n, name=str(n)) for n in (7, 5, 9)]
   kw = dict(num_frames=3, batch_size=2, seed=3, left=(1,), right=(3,), flip_augment=True)
-  num_chunks = len(video.chunk_index([7, 5, 9], 3, True))
+  num_chunks = len(clip_pipeline.chunk_index([7, 5, 9], 3, True))
   assert num_chunks == 16
-  stream = video.train_dataset(sequences, **kw)
+  stream = clip_pipeline.train_dataset(sequences, **kw)
   it = iter(stream)
   first = _take(it, 3)
   assert first[0]["input_2d"].shape == (2, 3, 5, 2) and first[0]["target_3d"].shape == (2, 3, 5, 3)
   state = it.get_state()
   after = _take(it, 10)  # 8 steps per epoch: crosses into the second epoch
-  resumed = iter(video.train_dataset(sequences, **kw))
+  resumed = iter(clip_pipeline.train_dataset(sequences, **kw))
   resumed.set_state(state)
   _assert_batches_equal(_take(resumed, 10), after)
   # A fresh permutation each epoch, and the epoch covers every chunk once.
-  source = video.ShuffledClipBatches(
-      video.ClipSource(sequences, num_frames=3, flip_augment=True, left=(1,), right=(3,)),
+  source = clip_pipeline.ShuffledClipBatches(
+      clip_pipeline.ClipSource(sequences, num_frames=3, flip_augment=True, left=(1,), right=(3,)),
       batch_size=2, seed=3, shard_index=0, shard_count=1, num_epochs=None)
   epoch0 = np.concatenate([pipeline.ShuffledBatchIndices.__getitem__(source, i)
                            for i in range(8)])
@@ -130,23 +133,24 @@ def test_train_stream_worker_processes_give_the_same_batches():
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   sequences = [_toy_sequence(n, name=str(n)) for n in (7, 5, 9)]
   kw = dict(num_frames=3, batch_size=2, seed=3, left=(1,), right=(3,))
-  local = _take(iter(video.train_dataset(sequences, **kw)), 5)
-  workers = _take(iter(video.train_dataset(sequences, worker_count=1, **kw)), 5)
+  local = _take(iter(clip_pipeline.train_dataset(sequences, **kw)), 5)
+  workers = _take(iter(clip_pipeline.train_dataset(sequences, worker_count=1, **kw)), 5)
   _assert_batches_equal(workers, local)
 
 
 def test_train_stream_shards_are_disjoint():
   sequences = [_toy_sequence(n, name=str(n)) for n in (7, 5, 9)]
-  clips = video.ClipSource(sequences, num_frames=3, flip_augment=False, left=(1,), right=(3,))
-  shards = [video.ShuffledClipBatches(clips, batch_size=2, seed=1, shard_index=s, shard_count=2,
-                                      num_epochs=1) for s in range(2)]
+  clips = clip_pipeline.ClipSource(sequences, num_frames=3, flip_augment=False, left=(1,),
+                                   right=(3,))
+  shards = [clip_pipeline.ShuffledClipBatches(clips, batch_size=2, seed=1, shard_index=s,
+                                              shard_count=2, num_epochs=1) for s in range(2)]
   assert len(shards[0]) == len(shards[1]) == 2  # 8 chunks, global batch 4
   rows = [pipeline.ShuffledBatchIndices.__getitem__(shard, step)
           for step, shard in itertools.product(range(2), shards)]
   assert sorted(np.concatenate(rows)) == list(range(8))
   with pytest.raises(ValueError, match="cannot fill"):
-    video.train_dataset(sequences, num_frames=3, batch_size=8, seed=0, left=(1,), right=(3,),
-                        flip_augment=False, shard_count=2, shard_index=1)
+    clip_pipeline.train_dataset(sequences, num_frames=3, batch_size=8, seed=0, left=(1,),
+                                right=(3,), flip_augment=False, shard_count=2, shard_index=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,15 +160,15 @@ def test_train_stream_shards_are_disjoint():
 def test_eval_clips_last_clip_overlaps_and_short_video_is_padded():
   valid = np.ones(7, bool)
   valid[4] = False
-  clips = video.eval_clips(_toy_sequence(7, valid=valid), 3)
+  clips = clip_pipeline.eval_clips(_toy_sequence(7, valid=valid), 3)
   np.testing.assert_array_equal(clips["frame_index"], [[0, 1, 2], [3, 4, 5], [4, 5, 6]])
   np.testing.assert_array_equal(clips["input_2d"][..., 0, 0], clips["frame_index"])
   assert clips["target_3d"].shape == (3, 3, 5, 3) and clips["trajectory"].shape == (3, 3, 1, 3)
   assert clips["real_frame"].all()
   np.testing.assert_array_equal(clips["frame_mask"], [[1, 1, 1], [1, 0, 1], [0, 1, 1]])
-  exact = video.eval_clips(_toy_sequence(6), 3)
+  exact = clip_pipeline.eval_clips(_toy_sequence(6), 3)
   np.testing.assert_array_equal(exact["frame_index"], [[0, 1, 2], [3, 4, 5]])
-  short = video.eval_clips(_toy_sequence(2), 3)
+  short = clip_pipeline.eval_clips(_toy_sequence(2), 3)
   np.testing.assert_array_equal(short["frame_index"], [[0, 1, 1]])
   np.testing.assert_array_equal(short["input_2d"][0, :, 0, 0], [0, 1, 1])
   np.testing.assert_array_equal(short["real_frame"], [[True, True, False]])
@@ -172,8 +176,8 @@ def test_eval_clips_last_clip_overlaps_and_short_video_is_padded():
 
 
 def _all_batches(sequences, shard_index=0, shard_count=1):
-  iterator, count = video.eval_batches(sequences, 3, 2, shard_index=shard_index,
-                                       shard_count=shard_count)
+  iterator, count = clip_pipeline.eval_batches(sequences, 3, 2, shard_index=shard_index,
+                                               shard_count=shard_count)
   batches = list(iterator)
   assert len(batches) == count
   return batches
@@ -197,7 +201,7 @@ def test_eval_batches_pad_to_a_fixed_shape():
   for index, sequence in enumerate(sequences):
     mine = [b for b in batches if b["sequence"] == index]
     stacked = np.concatenate([b["input_2d"][b["clip_mask"]] for b in mine])
-    np.testing.assert_array_equal(stacked, video.eval_clips(sequence, 3)["input_2d"])
+    np.testing.assert_array_equal(stacked, clip_pipeline.eval_clips(sequence, 3)["input_2d"])
 
 
 def test_eval_batches_shards_cover_every_batch_once():
@@ -220,19 +224,20 @@ def test_eval_batches_shards_cover_every_batch_once():
 def test_clip_length_errors():
   for bad in (0, -3, 2.5):
     with pytest.raises(ValueError, match="num_frames"):
-      video.chunk_index([10], bad, True)
+      clip_pipeline.chunk_index([10], bad, True)
     with pytest.raises(ValueError, match="num_frames"):
-      video.eval_clips(_toy_sequence(4), bad)
+      clip_pipeline.eval_clips(_toy_sequence(4), bad)
   with pytest.raises(ValueError, match="num_frames"):
-    video.eval_batches([_toy_sequence(4)], 0, 2)
+    clip_pipeline.eval_batches([_toy_sequence(4)], 0, 2)
   with pytest.raises(ValueError, match="num_frames"):
-    video.ClipSource([_toy_sequence(4)], num_frames=0, flip_augment=False, left=(), right=())
+    clip_pipeline.ClipSource([_toy_sequence(4)], num_frames=0, flip_augment=False, left=(),
+                             right=())
   with pytest.raises(ValueError, match="trajectory"):
-    video.VideoSequence(input_2d=np.zeros((3, 5, 2), np.float32),
-                        target_3d=np.zeros((3, 5, 3), np.float32),
-                        trajectory=np.zeros((2, 1, 3), np.float32),
-                        intrinsic=np.zeros(9, np.float32), subject="S0", action="a", camera=0,
-                        image_size=(1, 1), valid=np.ones(3, bool), root_joint=0)
+    videos.VideoSequence(input_2d=np.zeros((3, 5, 2), np.float32),
+                         target_3d=np.zeros((3, 5, 3), np.float32),
+                         trajectory=np.zeros((2, 1, 3), np.float32),
+                         intrinsic=np.zeros(9, np.float32), subject="S0", action="a", camera=0,
+                         image_size=(1, 1), valid=np.ones(3, bool), root_joint=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +251,7 @@ def h36m_files(tmp_path_factory):
 
 
 def test_h36m_videos_from_synthetic_files(h36m_files):
-  sequences = video.load_h36m_videos(h36m_files["3d"], h36m_files["2d_gt"], ("S11", "S9"))
+  sequences = h36m.load_h36m_videos(h36m_files["3d"], h36m_files["2d_gt"], ("S11", "S9"))
   assert [(s.subject, s.action, s.camera) for s in sequences[:5]] == [
       ("S11", "Sitting 2", 0), ("S11", "Sitting 2", 1), ("S11", "Sitting 2", 2),
       ("S11", "Sitting 2", 3), ("S11", "Walking", 0)]
@@ -278,35 +283,35 @@ def test_h36m_cpn_file_is_kernel_zero_and_trimmed(h36m_files):
       for array, kernels in zip(per_camera, gmm[subject][action]):
         assert array.dtype == np.float32 and array.shape == (len(kernels), 17, 2)
         np.testing.assert_array_equal(array, kernels[:, :, 0, 1:3])
-  sequences = video.load_h36m_videos(h36m_files["3d"], h36m_files["2d_cpn"], ["S9"])
+  sequences = h36m.load_h36m_videos(h36m_files["3d"], h36m_files["2d_cpn"], ["S9"])
   assert {len(s) for s in sequences} == {H36M_FRAMES}  # longer CPN arrays cut to the 3D length
 
 
 def test_h36m_intrinsic_matches_upstream():
   fixture = parity_dir("d3dp") / "io.npz"
   expected = np.load(fixture)["camera_intrinsic"]
-  np.testing.assert_array_equal(video.h36m_intrinsic(cameras.h36m_cameras("S9")[0]), expected)
+  np.testing.assert_array_equal(h36m.h36m_intrinsic(cameras.h36m_cameras("S9")[0]), expected)
 
 
 def test_h36m_errors(h36m_files, tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere.npz"):
-    video.load_h36m_videos(tmp_path / "nowhere.npz", h36m_files["2d_gt"], ["S9"])
+    h36m.load_h36m_videos(tmp_path / "nowhere.npz", h36m_files["2d_gt"], ["S9"])
   with pytest.raises(ValueError, match="subject 'S1'"):
-    video.load_h36m_videos(h36m_files["3d"], h36m_files["2d_gt"], ["S1"])
+    h36m.load_h36m_videos(h36m_files["3d"], h36m_files["2d_gt"], ["S1"])
   data = safe_load.load_pickled_npz(h36m_files["2d_gt"])["positions_2d"]
   data["S9"]["Walking"][2] = data["S9"]["Walking"][2][:, :16]
   bad = tmp_path / "data_2d_h36m_bad.npz"
   synthetic.save_npz(bad, positions_2d=data)
   with pytest.raises(ValueError, match=r"data_2d_h36m_bad.npz.*'S9'.*'Walking'.*camera 2.*"
                      r"\(12, 16, 2\)"):
-    video.load_h36m_videos(h36m_files["3d"], bad, ["S9"])
+    h36m.load_h36m_videos(h36m_files["3d"], bad, ["S9"])
   with pytest.raises(ValueError, match="plain 2D"):
-    video.load_h36m_videos(h36m_files["3d"], h36m_files["2d_gt_gmm"], ["S9"])
+    h36m.load_h36m_videos(h36m_files["3d"], h36m_files["2d_gt_gmm"], ["S9"])
   data = safe_load.load_pickled_npz(h36m_files["2d_gt"])["positions_2d"]
   data["S9"]["Sitting 2"][1] = data["S9"]["Sitting 2"][1][:-1]
   synthetic.save_npz(bad, positions_2d=data)
   with pytest.raises(ValueError, match="'Sitting 2'.* camera 1 has 11 frames.*at least as long"):
-    video.load_h36m_videos(h36m_files["3d"], bad, ["S9"])
+    h36m.load_h36m_videos(h36m_files["3d"], bad, ["S9"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,9 +328,9 @@ def test_3dhp_joint_mapping_commutes_with_mirroring():
   poses = np.random.default_rng(1).normal(size=(4, 17, 3))
   np.testing.assert_array_equal(
       synthetic_3dhp.to_3dhp_joints(skeleton.flip_pose(poses)),
-      video.flip_poses(synthetic_3dhp.to_3dhp_joints(poses), skeleton.MPI3DHP_LEFT,
-                       skeleton.MPI3DHP_RIGHT))
-  assert synthetic_3dhp.H36M_TO_3DHP[video.MPI3DHP_ROOT_JOINT] == skeleton.ROOT_JOINT
+      clip_pipeline.flip_poses(synthetic_3dhp.to_3dhp_joints(poses), skeleton.MPI3DHP_LEFT,
+                               skeleton.MPI3DHP_RIGHT))
+  assert synthetic_3dhp.H36M_TO_3DHP[mpi3dhp.ROOT_JOINT] == skeleton.ROOT_JOINT
 
 
 def test_3dhp_train_from_synthetic_files(mpi_files):
@@ -333,7 +338,7 @@ def test_3dhp_train_from_synthetic_files(mpi_files):
   assert list(raw) == ["S1 Seq1", "S2 Seq1"]
   assert list(raw["S1 Seq1"][0]) == list(synthetic_3dhp.TRAIN_CAMERAS)
   assert raw["S1 Seq1"][1] == synthetic_3dhp.TRAIN_FPS
-  sequences = video.load_3dhp_train(mpi_files["train"])
+  sequences = mpi3dhp.load_train(mpi_files["train"])
   assert [(s.subject, s.action, s.camera) for s in sequences] == [
       ("S1", "Seq1", "0"), ("S1", "Seq1", "2"), ("S2", "Seq1", "0"), ("S2", "Seq1", "2")]
   for s in sequences:
@@ -348,7 +353,7 @@ def test_3dhp_train_from_synthetic_files(mpi_files):
 
 def test_3dhp_test_from_synthetic_files(mpi_files):
   raw = safe_load.load_pickled_npz(mpi_files["test"])["data"]
-  sequences = video.load_3dhp_test(mpi_files["test"])
+  sequences = mpi3dhp.load_test(mpi_files["test"])
   assert [s.action for s in sequences] == ["TS1", "TS2", "TS3", "TS4", "TS5", "TS6"]
   assert len({len(s) for s in sequences}) == 6
   for s in sequences:
@@ -362,7 +367,7 @@ def test_3dhp_test_from_synthetic_files(mpi_files):
     w, h = s.image_size
     np.testing.assert_allclose(camera.project((s.target_3d + s.trajectory) * 1000),
                                cameras.image_coordinates(s.input_2d, w, h), atol=0.05)
-  batches, count = video.eval_batches(sequences, 8, 2)
+  batches, count = clip_pipeline.eval_batches(sequences, 8, 2)
   masks = [b["frame_mask"] for b in batches]
   assert len(masks) == count and not all(m.all() for m in masks)
 
@@ -380,14 +385,14 @@ def test_3dhp_errors(mpi_files, tmp_path):
     path = tmp_path / f"{name}.npz"
     synthetic.save_npz(path, data=content)
     with pytest.raises(ValueError, match=message):
-      video.load_3dhp_test(path)
+      mpi3dhp.load_test(path)
   train = safe_load.load_pickled_npz(mpi_files["train"])["data"]
   path = tmp_path / "train_key.npz"
   synthetic.save_npz(path, data={"S1Seq1": train["S1 Seq1"]})
   with pytest.raises(ValueError, match="S1Seq1"):
-    video.load_3dhp_train(path)
+    mpi3dhp.load_train(path)
   with pytest.raises(FileNotFoundError):
-    video.load_3dhp_train(tmp_path / "data_train_3dhp_ori.npz")
+    mpi3dhp.load_train(tmp_path / "data_train_3dhp_ori.npz")
 
 
 # ----------------------------------------------------------------------------------------------

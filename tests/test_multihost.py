@@ -41,18 +41,18 @@ import json, sys
 import grain
 import numpy as np
 from posediff_jax import training
-from posediff_jax.data import pipeline
+from posediff_jax.data import frame_pipeline
 from tests import tiny_run
 data_root, workdir = sys.argv[1], sys.argv[2]
 def two_shards(frames, *, batch_size, seed, shard_index, shard_count, worker_count):
   assert (shard_index, shard_count) == (0, 1)
-  # As pipeline.train_dataset builds each process's stream, before to_iter_dataset.
-  shards = [grain.MapDataset.source(pipeline.ShuffledBatchSource(
+  # As frame_pipeline.train_dataset builds each process's stream, before to_iter_dataset.
+  shards = [grain.MapDataset.source(frame_pipeline.ShuffledBatchSource(
       frames, batch_size=batch_size // 2, seed=seed, shard_index=p, shard_count=2,
-      num_epochs=None)).seed(seed).random_map(pipeline._sample_kernels) for p in range(2)]
+      num_epochs=None)).seed(seed).random_map(frame_pipeline._sample_kernels) for p in range(2)]
   pair = lambda i: {k: np.concatenate([s[i][k] for s in shards]) for k in shards[0][0]}
   return grain.MapDataset.range(len(shards[0])).map(pair).to_iter_dataset()
-pipeline.train_dataset = two_shards
+frame_pipeline.train_dataset = two_shards
 for overrides in json.loads(sys.argv[3]):
   training.train_and_evaluate(tiny_run.tiny_config(data_root, overrides), workdir)
 """

@@ -23,8 +23,8 @@ from posediff_jax import metrics
 from posediff_jax import skeleton
 from posediff_jax.convert import common
 from posediff_jax.convert import diffpose as convert
+from posediff_jax.data import frame_pipeline
 from posediff_jax.data import h36m
-from posediff_jax.data import pipeline
 from posediff_jax.diffusion import ddim
 from posediff_jax.diffusion import schedules
 from posediff_jax.families import diffpose
@@ -236,7 +236,8 @@ def test_dataset_items(fixture, test_frames):
 
 def test_eval_batch_boundaries(fixture, test_frames):
   _, config, io = fixture
-  batches, num_batches = pipeline.eval_batches(test_frames, config["effective"]["eval_batch_size"])
+  batches, num_batches = frame_pipeline.eval_batches(test_frames,
+                                                     config["effective"]["eval_batch_size"])
   batches = list(batches)
   assert num_batches == len(batches) == len(io["eval_batch_sizes"])
   assert [int(b["valid"].sum()) for b in batches] == io["eval_batch_sizes"].tolist()

@@ -24,8 +24,8 @@ from posediff_jax import training
 from posediff_jax.convert import common
 from posediff_jax.convert import diffpose as convert_diffpose
 from posediff_jax.convert import icassp as convert
+from posediff_jax.data import frame_pipeline
 from posediff_jax.data import h36m
-from posediff_jax.data import pipeline
 from posediff_jax.data import synthetic
 from posediff_jax.diffusion import ddim
 from posediff_jax.diffusion import schedules
@@ -352,8 +352,8 @@ def test_gmm_file_with_first_kernel_and_fixed_resolution_gives_the_same_frames(
 
 
 def test_eval_batches_targets_and_stored_predictions(io, fixture_json, test_frames, runs):
-  batches, num_batches = pipeline.eval_batches(test_frames,
-                                               fixture_json["effective"]["eval_batch_size"])
+  batches, num_batches = frame_pipeline.eval_batches(test_frames,
+                                                     fixture_json["effective"]["eval_batch_size"])
   batches = list(batches)
   assert num_batches == len(io["eval_batch_sizes"])
   assert [int(b["valid"].sum()) for b in batches] == io["eval_batch_sizes"].tolist()

@@ -9,8 +9,10 @@ import pytest
 
 from configs import mmdiff_mmbody
 from configs import mmdiff_mmfi
+from posediff_jax import datasets
 from posediff_jax import skeleton
 from posediff_jax.data import radar
+from posediff_jax.data import radar_pipeline
 from posediff_jax.data import synthetic_radar
 
 FRAMES = 7  # frames per synthetic sequence: enough for a 4-frame window reaching 4 frames back
@@ -62,7 +64,7 @@ def test_synthetic_mmbody_has_upstreams_layout(mmbody_root):
 
 def test_synthetic_labels_are_the_skeleton_with_the_left_side_first(mmbody_root):
   config = _mmbody_config(mmbody_root)
-  split = radar.load_split(config, "train")
+  split = datasets.load_split(config, "train")
   pose = synthetic_radar.skeleton_motion(0, FRAMES, 0, 3.0)  # train sequence 0, seed 0
   expected = pose[:, list(skeleton.H36M_MIRROR)]
   np.testing.assert_allclose(split.target_3d[:FRAMES], expected - expected[:, :1], atol=1e-5)
@@ -140,7 +142,7 @@ def test_history_rows_head_and_v1_rules():
 
 def test_mmbody_reader_builds_windows_centred_on_the_current_pelvis(mmbody_root):
   config = _mmbody_config(mmbody_root)
-  train, test = radar.load_split(config, "train"), radar.load_split(config, "test")
+  train, test = datasets.load_split(config, "train"), datasets.load_split(config, "test")
   assert len(train) == synthetic_radar.MMBODY_TRAIN_SEQUENCES * FRAMES
   assert test.scene_names == tuple(config.data.test_scenes)
   assert np.bincount(test.scene).tolist() == [FRAMES] * len(config.data.test_scenes)
@@ -159,7 +161,7 @@ def test_mmbody_reader_builds_windows_centred_on_the_current_pelvis(mmbody_root)
 
 def test_mmfi_reader_splits_subjects_and_skips_other_protocols(mmfi_root):
   config = _mmfi_config(mmfi_root)
-  train, test = radar.load_split(config, "train"), radar.load_split(config, "test")
+  train, test = datasets.load_split(config, "train"), datasets.load_split(config, "test")
   actions = [a for a in synthetic_radar.MMFI_ACTIONS if a in config.data.protocol_actions]
   subjects = synthetic_radar.MMFI_SUBJECTS
   test_subjects = [s for s in subjects if s in config.data.test_subjects]
@@ -178,10 +180,10 @@ def test_mmfi_reader_splits_subjects_and_skips_other_protocols(mmfi_root):
 
 def test_missing_folders_and_files_are_named(tmp_path, mmbody_root):
   with pytest.raises(FileNotFoundError, match="config.data.root"):
-    radar.load_split(_mmbody_config(tmp_path / "nowhere"), "train")
+    datasets.load_split(_mmbody_config(tmp_path / "nowhere"), "train")
   config = _mmbody_config(mmbody_root, test_scenes=("lab1", "attic"))
   with pytest.raises(FileNotFoundError, match=r"test/attic not found"):
-    radar.load_split(config, "test")
+    datasets.load_split(config, "test")
 
 
 def _copy_sequence(src, dst):
@@ -196,13 +198,13 @@ def test_a_frame_with_nan_or_no_points_gives_a_clear_error(tmp_path, mmbody_root
   points = np.load(frame)
   points[7, 4] = np.nan
   np.save(frame, points)
-  split = radar.load_split(_mmbody_config(root), "train")
+  split = datasets.load_split(_mmbody_config(root), "train")
   with pytest.raises(ValueError, match=r"frame_2\.npy: 1 non-finite values.*point 7, column 4"):
     split.radar([2])
   np.save(frame, np.zeros((0, 6), np.float32))
   with pytest.raises(ValueError, match=r"frame_2\.npy holds no points .*allow_empty_frames"):
     split.radar([2])
-  empty_ok = radar.load_split(_mmbody_config(root, allow_empty_frames=True), "train")
+  empty_ok = datasets.load_split(_mmbody_config(root, allow_empty_frames=True), "train")
   assert np.all(empty_ok.radar([2])[0, 0] == 0)
   np.save(frame, np.zeros((5, 4), np.float32))
   with pytest.raises(ValueError, match=r"frame_2\.npy: expected points \[n, 6\], got shape"):
@@ -213,7 +215,7 @@ def test_a_mesh_without_joints_is_named(tmp_path, mmbody_root):
   root = _copy_sequence(mmbody_root, tmp_path)
   np.savez(root / "train" / "sequence_0" / "mesh" / "frame_1.npz", vertices=np.zeros((3, 3)))
   with pytest.raises(ValueError, match=r"frame_1\.npz has no 'joints' \(has vertices\)"):
-    radar.load_split(_mmbody_config(root), "train")
+    datasets.load_split(_mmbody_config(root), "train")
 
 
 # --- upstream's phase-2 cache ---------------------------------------------------------------------
@@ -254,13 +256,13 @@ def test_head_cache_gives_upstreams_phase2_batches(tmp_path):
   written = _write_cache(tmp_path, {"train": 9, "test": 5}, v1=False)
   config = _cache_config(tmp_path, "head")
   settings = radar.settings_from_config(config)
-  split = radar.load_split(config, "train")
+  split = datasets.load_split(config, "train")
   assert split.has_phase1 and split.scene_names == ("train",)
   gt, pred = written["train"]["joint_gt_array"], written["train"]["joint_pred_array"]
   np.testing.assert_allclose(split.target_3d, gt - gt[:, :1], rtol=1e-6)
   history = radar.history_rows(split, settings.past_frames, respect_sequences=False,
                                fallback="forward")
-  batch = radar.denoiser_batch(split, np.array([1, 8]), history, with_radar=True)
+  batch = radar_pipeline.denoiser_batch(split, np.array([1, 8]), history, with_radar=True)
   past = config.model.past_frames
   assert batch["x_history"].shape == (2, 17, 3 * (past + 1))
   coarse = pred - pred[:, :1]
@@ -272,14 +274,14 @@ def test_head_cache_gives_upstreams_phase2_batches(tmp_path):
   # The radar window of row 8: rows 8, 4, 5, 6 of the chunked cache.
   cached = written["train"]["radar"]
   np.testing.assert_array_equal(batch["radar"][1], cached[[8, 4, 5, 6]])
-  test = radar.load_split(config, "test")
+  test = datasets.load_split(config, "test")
   assert test.scene_names == ("test",) and len(test) == 5
 
 
 def test_v1_cache_is_per_scene_and_stays_within_sequences(tmp_path):
   written = _write_cache(tmp_path, {"train": 8, "test_lab1": 6, "test_rain": 4}, v1=True)
   config = _cache_config(tmp_path, "v1")
-  test = radar.load_split(config, "test")
+  test = datasets.load_split(config, "test")
   assert test.scene_names == ("lab1", "rain") and test.scene.tolist() == [0] * 6 + [1] * 4
   np.testing.assert_array_equal(test.sequence, np.concatenate(
       [written["test_lab1"]["sequence_array"], written["test_rain"]["sequence_array"]]))
@@ -292,20 +294,20 @@ def test_cache_errors_name_the_file(tmp_path):
   _write_cache(tmp_path, {"train": 6}, v1=False)
   config = _cache_config(tmp_path, "head")
   with pytest.raises(FileNotFoundError, match=r"joint_gt_array_test\.npy not found"):
-    radar.load_split(config, "test")
+    datasets.load_split(config, "test")
   np.save(tmp_path / "radar_feat_array_train.npy", np.zeros((5, 17, 4), np.float32))
   with pytest.raises(ValueError, match=r"radar_feat_array_train\.npy: expected phase-1 features"):
-    radar.load_split(config, "train")
+    datasets.load_split(config, "train")
   _write_cache(tmp_path, {"train": 6}, v1=False)
   cached = np.load(tmp_path / "radar_input_array_train1.npy")
   cached[1, 2, 0] = np.inf
   np.save(tmp_path / "radar_input_array_train1.npy", cached)
-  split = radar.load_split(config, "train")
+  split = datasets.load_split(config, "train")
   with pytest.raises(ValueError, match=r"radar_input_array_train1\.npy row 1: non-finite"):
     split.radar([4])
   with pytest.raises(ValueError, match=r"encoder trains on raw radar frames"):
-    radar.train_dataset(split, radar.settings_from_config(config), stage="encoder",
-                        batch_size=2, seed=0)
+    radar_pipeline.train_dataset(split, radar.settings_from_config(config), stage="encoder",
+                                 batch_size=2, seed=0)
 
 
 # --- batches --------------------------------------------------------------------------------------
@@ -320,9 +322,9 @@ def _with_fake_phase1(split, feature=4):
 def test_training_stream_is_split_across_processes_and_resumable(mmbody_root):
   config = _mmbody_config(mmbody_root)
   settings = radar.settings_from_config(config)
-  split = _with_fake_phase1(radar.load_split(config, "train"))
-  shards = [radar.train_dataset(split, settings, stage="denoiser", batch_size=3, seed=5,
-                                shard_index=i, shard_count=2) for i in range(2)]
+  split = _with_fake_phase1(datasets.load_split(config, "train"))
+  shards = [radar_pipeline.train_dataset(split, settings, stage="denoiser", batch_size=3, seed=5,
+                                         shard_index=i, shard_count=2) for i in range(2)]
   iterators = [iter(s) for s in shards]
   first = [next(it) for it in iterators]
   assert first[0]["x_history"].shape == (3, 17, 3 * (config.model.past_frames + 1))
@@ -337,27 +339,28 @@ def test_training_stream_is_split_across_processes_and_resumable(mmbody_root):
   again = next(resumed)
   for key, value in expected.items():
     np.testing.assert_array_equal(again[key], value)
-  encoder = next(iter(radar.train_dataset(split, settings, stage="encoder", batch_size=2, seed=5)))
+  encoder = next(iter(radar_pipeline.train_dataset(split, settings, stage="encoder", batch_size=2,
+                                                   seed=5)))
   assert sorted(encoder) == ["radar", "target_3d"]
   with pytest.raises(ValueError, match="no phase-1 outputs"):
-    radar.train_dataset(radar.load_split(config, "train"), settings, stage="denoiser",
-                        batch_size=2, seed=0)
+    radar_pipeline.train_dataset(datasets.load_split(config, "train"), settings, stage="denoiser",
+                                    batch_size=2, seed=0)
 
 
 def test_eval_batches_pad_the_last_batch_and_split_rows_over_processes(mmbody_root):
   config = _mmbody_config(mmbody_root)
   settings = radar.settings_from_config(config)
-  split = _with_fake_phase1(radar.load_split(config, "test"))
+  split = _with_fake_phase1(datasets.load_split(config, "test"))
   batch_size = 8
-  whole, count = radar.eval_batches(split, batch_size, stage="denoiser", settings=settings)
+  whole, count = radar_pipeline.eval_batches(split, batch_size, stage="denoiser", settings=settings)
   whole = list(whole)
   assert count == len(whole) == -(-len(split) // batch_size)
   assert int(sum(b["valid"].sum() for b in whole)) == len(split)
   assert not whole[-1]["valid"][-1] and whole[-1]["index"][-1] == len(split) - 1
   np.testing.assert_array_equal(np.concatenate([b["scene"][b["valid"]] for b in whole]),
                                 split.scene)
-  halves = [list(radar.eval_batches(split, batch_size, stage="denoiser", settings=settings,
-                                    shard_index=i, shard_count=2)[0]) for i in range(2)]
+  halves = [list(radar_pipeline.eval_batches(split, batch_size, stage="denoiser", settings=settings,
+                                             shard_index=i, shard_count=2)[0]) for i in range(2)]
   for b, first, second in zip(whole, *halves):
     for key in b["arrays"]:
       np.testing.assert_array_equal(

@@ -20,7 +20,8 @@ from configs import d3dp_h36m
 from posediff_jax import datasets
 from posediff_jax import safe_load
 from posediff_jax.convert import d3dp as convert
-from posediff_jax.data import video
+from posediff_jax.data import clip_pipeline
+from posediff_jax.data import videos
 from posediff_jax.families import d3dp
 from tests import train_parity
 from tests.conftest import assert_close, set_d3dp_fixture_settings
@@ -45,14 +46,14 @@ def set_clip_recipe(config, arrays: dict, up: dict, fixture_config: dict) -> Non
   config.model.drop_path_rate = 0.0  # the fixture zeroes DropPath (train_step.md)
 
 
-def sequences(arrays) -> list[video.VideoSequence]:
+def sequences(arrays) -> list[videos.VideoSequence]:
   """The fixture's synthetic sequences as our clip pipeline holds videos (root joint zeroed)."""
   out = []
   for i, (pose_3d, pose_2d) in enumerate(zip(arrays["gen_seq_poses_3d"],
                                              arrays["gen_seq_poses_2d"])):
     target = pose_3d.copy()
     target[:, 0] = 0  # upstream: inputs_3d[:, :, 0] = 0
-    out.append(video.VideoSequence(
+    out.append(videos.VideoSequence(
         input_2d=pose_2d, target_3d=target, trajectory=pose_3d[:, :1], intrinsic=np.zeros(9),
         subject="S1", action=f"seq{i}", camera=0, image_size=(1000, 1000),
         valid=np.ones(len(pose_2d), bool), root_joint=0))
@@ -89,7 +90,7 @@ def state_dict(fixture):
 def test_chunks_and_upstream_shuffle(fixture, config):
   _, arrays, up = fixture
   frames = config.model.num_frames
-  chunks = video.chunk_index([len(s) for s in sequences(arrays)], frames, flip_augment=True)
+  chunks = clip_pipeline.chunk_index([len(s) for s in sequences(arrays)], frames, flip_augment=True)
   # Upstream's pairs are (video, start, end, flip); ours (video, start, flip).
   np.testing.assert_array_equal(chunks, arrays["gen_pairs"][:, [0, 1, 3]])
   np.testing.assert_array_equal(arrays["gen_pairs"][:, 2] - arrays["gen_pairs"][:, 1], frames)

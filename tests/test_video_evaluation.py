@@ -14,9 +14,9 @@ from configs import d3dp_h36m
 from posediff_jax import datasets
 from posediff_jax import evaluation
 from posediff_jax import metrics
+from posediff_jax.data import clip_pipeline
 from posediff_jax.data import synthetic
 from posediff_jax.data import synthetic_3dhp
-from posediff_jax.data import video
 from posediff_jax.families import d3dp
 
 NUM_FRAMES = 9
@@ -50,7 +50,7 @@ def test_human36m_tables_weight_every_clip_frame_once_overlaps_twice(tmp_path):
 
   sums, counts = {}, {}
   for seq in sequences:
-    clips = video.eval_clips(seq, NUM_FRAMES)
+    clips = clip_pipeline.eval_clips(seq, NUM_FRAMES)
     # 20 frames in clips of 9: frames 0-8, 9-17 and 11-19 (the last clip overlaps the second).
     assert clips["frame_index"][:, 0].tolist() == [0, 9, 11]
     norms = np.linalg.norm(clips["target_3d"], axis=-1).mean(-1)  # [clips, F]

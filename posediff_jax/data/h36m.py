@@ -1,4 +1,4 @@
-"""Human3.6M readers: VideoPose3D / DiffPose `.npz` files and the per-frame dataset built from them.
+"""Human3.6M: VideoPose3D / DiffPose `.npz` files, read as single frames or as whole videos.
 
 Files (all `.npz` whose members are pickled dicts; read with the restricted unpickler of
 `posediff_jax.safe_load`, never with `np.load(allow_pickle=True)`):
@@ -16,9 +16,12 @@ Files (all `.npz` whose members are pickled dicts; read with the restricted unpi
 `load_frame_set` turns a 3D file and a 2D file into flat per-frame arrays exactly as DiffPose's
 `Human36mDataset` + `read_3d_data_me` + `create_2d_data` + `fetch_me` + `PoseGenerator_gmm` do;
 its `kernel` and `fixed_resolution` options give the ICASSP'24 variant of that path.
+`load_h36m_videos` turns a 3D file and a plain 2D file into one `videos.VideoSequence` per
+(subject, action, camera), as D3DP's main.py prepares them for the clip families.
 """
 
 import dataclasses
+import functools
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +29,8 @@ import numpy as np
 from posediff_jax import cameras
 from posediff_jax import safe_load
 from posediff_jax import skeleton
+from posediff_jax.data import npz
+from posediff_jax.data import videos
 
 # The 15 action classes in the order of upstream's per-action tables.
 ACTIONS = (
@@ -72,40 +77,6 @@ def action_class(name: str) -> str:
   return base
 
 
-def _load_member(path, key: str) -> tuple[Any, dict[str, Any]]:
-  members = safe_load.load_pickled_npz(path)
-  if key not in members:
-    raise ValueError(f"{path}: no {key!r} entry; the file has {sorted(members)} "
-                     f"(expected a VideoPose3D/DiffPose-style file with {key!r})")
-  return members[key], members
-
-
-def _check_nested_dict(value, path, key: str) -> None:
-  if not isinstance(value, dict):
-    raise ValueError(f"{path}: {key!r} must be a pickled dict {{subject: {{action: ...}}}}, "
-                     f"found {type(value).__name__}")
-  for subject, actions in value.items():
-    if not isinstance(actions, dict):
-      raise ValueError(f"{path}: {key}[{subject!r}] must be a dict {{action: ...}}, "
-                       f"found {type(actions).__name__}")
-
-
-def _float_array(array, where: str) -> np.ndarray:
-  if not isinstance(array, np.ndarray) or not (np.issubdtype(array.dtype, np.floating)
-                                               or np.issubdtype(array.dtype, np.integer)):
-    raise ValueError(f"{where}: expected a numeric array, found {type(array).__name__} "
-                     f"{getattr(array, 'dtype', '')}")
-  return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float32)
-
-
-def _check_finite(array: np.ndarray, where: str) -> None:
-  bad = ~np.isfinite(array)
-  if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{where}: {int(bad.sum())} non-finite value(s) (NaN/inf), the first at index "
-                     f"{first} of shape {array.shape}")
-
-
 def load_positions_3d(path) -> dict[str, dict[str, np.ndarray]]:
   """Reads a VideoPose3D `data_3d_h36m.npz`.
 
@@ -119,18 +90,18 @@ def load_positions_3d(path) -> dict[str, dict[str, np.ndarray]]:
     FileNotFoundError: no such file.
     ValueError: the file lacks `positions_3d`, or an array has the wrong shape or non-finite values.
   """
-  value, _ = _load_member(path, "positions_3d")
-  _check_nested_dict(value, path, "positions_3d")
+  value, _ = npz.load_member(path, "positions_3d")
+  npz.check_nested_dict(value, path, "positions_3d")
   out = {}
   for subject, actions in value.items():
     out[subject] = {}
     for action, positions in actions.items():
       where = f"{path}: positions_3d[{subject!r}][{action!r}]"
-      positions = _float_array(positions, where)
+      positions = npz.float_array(positions, where)
       if positions.ndim != 3 or positions.shape[1:] != (NUM_JOINTS_32, 3):
         raise ValueError(f"{where}: expected [T, {NUM_JOINTS_32}, 3] (the 32-joint Human3.6M "
                          f"skeleton), found shape {positions.shape}")
-      _check_finite(positions, where)
+      npz.check_finite(positions, where)
       out[subject][action] = positions.astype(np.float32, copy=False)
   return out
 
@@ -158,7 +129,7 @@ def _check_metadata(metadata, path) -> None:
 
 def _read_camera_2d(array, where: str, plain_2d_var: float) -> np.ndarray:
   """One camera's 2D as a GMM `[T, 17, K, 5]` (plain `[T, 17, 2]` becomes one kernel)."""
-  array = _float_array(array, where)
+  array = npz.float_array(array, where)
   if array.ndim == 3 and array.shape[-1] == 2:
     layout = "plain"
   elif array.ndim == 4 and array.shape[-1] == GMM_CHANNELS:
@@ -171,7 +142,7 @@ def _read_camera_2d(array, where: str, plain_2d_var: float) -> np.ndarray:
                      f"{array.shape}")
   if layout == "gmm" and array.shape[2] < 1:
     raise ValueError(f"{where}: the GMM has no kernels, shape {array.shape}")
-  _check_finite(array, where)
+  npz.check_finite(array, where)
   if layout == "plain":
     gmm = np.empty(array.shape[:2] + (1, GMM_CHANNELS), dtype=array.dtype)
     gmm[..., 0, 0] = 1
@@ -209,10 +180,16 @@ def load_positions_2d(path, *, plain_2d_var: float = 0.01
   """
   if not np.isfinite(plain_2d_var) or plain_2d_var < 0:
     raise ValueError(f"plain_2d_var must be a finite value >= 0, got {plain_2d_var}")
-  value, members = _load_member(path, "positions_2d")
+  return _read_positions_2d(path, functools.partial(_read_camera_2d, plain_2d_var=plain_2d_var))
+
+
+def _read_positions_2d(path, read_camera) -> tuple[dict[str, dict[str, list[np.ndarray]]], Any]:
+  """A 2D file's `positions_2d`, each camera's array passed through `read_camera(array, where)`,
+  and its metadata (checked to be the Human3.6M-17 layout, or None)."""
+  value, members = npz.load_member(path, "positions_2d")
   metadata = members.get("metadata")
   _check_metadata(metadata, path)
-  _check_nested_dict(value, path, "positions_2d")
+  npz.check_nested_dict(value, path, "positions_2d")
   out = {}
   for subject, actions in value.items():
     out[subject] = {}
@@ -221,9 +198,8 @@ def load_positions_2d(path, *, plain_2d_var: float = 0.01
       if not isinstance(per_camera, (list, tuple)):
         raise ValueError(f"{where}: expected a list with one array per camera, found "
                          f"{type(per_camera).__name__}")
-      out[subject][action] = [
-          _read_camera_2d(array, f"{where} camera {cam}", plain_2d_var)
-          for cam, array in enumerate(per_camera)]
+      out[subject][action] = [read_camera(array, f"{where} camera {cam}")
+                              for cam, array in enumerate(per_camera)]
   return out, metadata
 
 
@@ -248,18 +224,18 @@ def load_prepared_2d(path) -> dict[str, dict[str, list[np.ndarray]]]:
       message names the file, subject and action.
   """
   value = safe_load.load_pickled_npy(path)
-  _check_nested_dict(value, path, "the prepared 2D")
+  npz.check_nested_dict(value, path, "the prepared 2D")
   out = {}
   for subject, actions in value.items():
     out[subject] = {}
     for action, array in actions.items():
       where = f"{path}: [{subject!r}][{action!r}]"
-      array = _float_array(array, where)
+      array = npz.float_array(array, where)
       if array.ndim != 4 or array.shape[0] != NUM_CAMERAS or array.shape[2:] != (
           skeleton.NUM_JOINTS, 2):
         raise ValueError(f"{where}: expected [{NUM_CAMERAS}, T, {skeleton.NUM_JOINTS}, 2] "
                          f"(cameras, frames, joints, normalised u v), found shape {array.shape}")
-      _check_finite(array, where)
+      npz.check_finite(array, where)
       out[subject][action] = list(array)
   return out
 
@@ -532,3 +508,78 @@ def choose_kernel(gmm_2d, rng: np.random.Generator | None = None
     index = np.minimum((draw >= cdf).sum(axis=-1), weights.shape[-1] - 1)
   chosen = np.take_along_axis(gmm, index[..., None, None], axis=-2)[..., 0, :]
   return chosen[..., 1:3], chosen[..., 3:5]
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole videos, for the clip families (D3DP, FinePOSE, DSGDiffu).
+
+
+def h36m_intrinsic(cam: cameras.Camera) -> np.ndarray:
+  """VideoPose3D's normalised intrinsic vector of one Human3.6M camera (`cam['intrinsic']`).
+
+  Args:
+    cam: a camera from `cameras.h36m_cameras`.
+
+  Returns:
+    float32 `[9]`: focal / w * 2, the normalised centre, k1..k3, p1, p2; float32 arithmetic as
+    upstream's, so equal to its values bit for bit.
+  """
+  focal = np.asarray(cam.focal_length, np.float32) / cam.res_w * 2
+  centre = cameras.normalize_screen_coordinates(np.asarray(cam.center, np.float32), cam.res_w,
+                                                cam.res_h)
+  return np.concatenate([focal, centre, np.asarray(cam.radial_distortion, np.float32),
+                         np.asarray(cam.tangential_distortion, np.float32)]).astype(np.float32)
+
+
+def _read_plain_camera_2d(array, where: str) -> np.ndarray:
+  """One camera's plain 2D `[N', 17, 2]` in pixels, as the video families read it."""
+  array = npz.float_array(array, where)
+  if array.ndim != 3 or array.shape[1:] != (skeleton.NUM_JOINTS, 2):
+    raise ValueError(f"{where}: expected plain 2D [N, {skeleton.NUM_JOINTS}, 2] "
+                     f"(pixels; a GMM file is not a video-family input), found shape "
+                     f"{array.shape}")
+  npz.check_finite(array, where)
+  return array
+
+
+def load_h36m_videos(path_3d, path_2d, subjects: Sequence[str]) -> list[videos.VideoSequence]:
+  """Reads Human3.6M videos from VideoPose3D files, as D3DP's main.py prepares them.
+
+  The 3D is reduced to 17 joints, moved into each camera's frame, and split into the root
+  trajectory and root-relative joints. The 2D is cut to the 3D length (some detection files run
+  longer) and normalised with that camera's resolution.
+
+  Args:
+    path_3d: `data_3d_h36m.npz`.
+    path_2d: a plain 2D file, e.g. `data_2d_h36m_cpn_ft_h36m_dbb.npz` or `data_2d_h36m_gt.npz`.
+    subjects: e.g. ('S9', 'S11').
+
+  Returns:
+    One `VideoSequence` per (subject, action, camera), in that nesting order: subjects as given,
+    actions in the 2D file's order (upstream's `fetch`), the 4 cameras in order.
+
+  Raises:
+    FileNotFoundError: a file is missing.
+    ValueError: a subject or action missing from either file, a 2D array that is not
+      `[N', 17, 2]` or is shorter than its 3D, a camera count other than 4, non-finite values;
+      the message names the file, subject, action and camera.
+  """
+  if isinstance(subjects, str):
+    raise ValueError(f"subjects must be a sequence of names, got the string {subjects!r}")
+  subjects = tuple(subjects)
+  if not subjects:
+    raise ValueError("load_h36m_videos: no subjects given")
+  positions_3d = load_positions_3d(path_3d)
+  positions_2d, _ = _read_positions_2d(path_2d, _read_plain_camera_2d)
+  sequences = []
+  for subject, action, index, cam, world, pixels in camera_sequences(
+      path_3d, positions_3d, path_2d, positions_2d, subjects):
+    input_2d = cameras.normalize_screen_coordinates(pixels[:len(world)], cam.res_w, cam.res_h)
+    positions = np.asarray(cameras.world_to_camera(world, cam), np.float32)
+    sequences.append(videos.VideoSequence(
+        input_2d=input_2d.astype(np.float32, copy=False),
+        target_3d=skeleton.root_relative(positions), trajectory=positions[:, :1].copy(),
+        intrinsic=h36m_intrinsic(cam), subject=subject, action=action, camera=index,
+        image_size=(cam.res_w, cam.res_h), valid=np.ones(len(world), bool),
+        root_joint=skeleton.ROOT_JOINT))
+  return sequences
