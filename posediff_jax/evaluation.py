@@ -43,15 +43,19 @@ def training_eval_config(config):
   return config
 
 
-def make_predict_fn(config):
+def make_predict_fn(config, mesh=None):
   """The jitted batch function `evaluate` calls: for frame families `(params, input_2d [B, 17, 2],
-  key) -> [B, 17, 3]`; for clip families `video_evaluation.make_predict_fn`'s."""
+  key) -> [B, 17, 3]`; for clip families `video_evaluation.make_predict_fn`'s.
+
+  `mesh` is where results are laid out (clip and radar families); None = `config.mesh` over this
+  process's devices. `posediff_jax.plan` passes a TPU topology's mesh.
+  """
   if datasets.layout(config) == "clips":
     from posediff_jax import video_evaluation  # pylint: disable=g-import-not-at-top
-    return video_evaluation.make_predict_fn(config)
+    return video_evaluation.make_predict_fn(config, mesh=mesh)
   if datasets.layout(config) == "radar":
     from posediff_jax import radar_evaluation  # pylint: disable=g-import-not-at-top
-    return radar_evaluation.make_predict_fn(config)
+    return radar_evaluation.make_predict_fn(config, mesh=mesh)
   family = families.get(config.family)
   return jax.jit(functools.partial(family.predict, config))
 

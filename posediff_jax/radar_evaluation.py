@@ -112,9 +112,10 @@ def prepare_stage(config, stage: str, params, train: radar_data.RadarSplit,
           phase2_split(config, params, test, progress=progress))
 
 
-def make_predict_fn(config):
+def make_predict_fn(config, mesh=None):
   """A jitted `(params, batch, key) -> {'p1', 'p2', 'coarse_p1', 'coarse_p2'}`: per-frame errors
-  [B] in metres of the refined and of the coarse pose, replicated on every device."""
+  [B] in metres of the refined and of the coarse pose, replicated on every device of `mesh`
+  (None = `config.mesh` over this process's devices)."""
   family = families.get(config.family)
 
   def errors(params, batch, key):
@@ -126,7 +127,8 @@ def make_predict_fn(config):
             "coarse_p1": metrics.mpjpe(coarse, target),
             "coarse_p2": metrics.p_mpjpe(coarse, target)}
 
-  return jax.jit(errors, out_shardings=sharding.replicated(sharding.make_mesh(config.get("mesh"))))
+  mesh = mesh or sharding.make_mesh(config.get("mesh"))
+  return jax.jit(errors, out_shardings=sharding.replicated(mesh))
 
 
 @dataclasses.dataclass

@@ -31,11 +31,13 @@ def mesh_shape(mesh_config, device_count: int) -> tuple[int, int]:
   return data, model
 
 
-def make_mesh(mesh_config=None) -> jax.sharding.Mesh:
-  """The ('data', 'model') mesh over every device of every process."""
-  shape = mesh_shape(mesh_config, jax.device_count())
+def make_mesh(mesh_config=None, devices=None) -> jax.sharding.Mesh:
+  """The ('data', 'model') mesh over every device of every process, or over `devices` (the
+  compile-only devices of a TPU topology, which `posediff_jax.plan` compiles for)."""
+  count = jax.device_count() if devices is None else len(devices)
+  shape = mesh_shape(mesh_config, count)
   return jax.make_mesh(shape, ("data", "model"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
 
 
 def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:

@@ -51,13 +51,14 @@ def _check_modes(config) -> tuple[str, ...]:
   return modes
 
 
-def make_predict_fn(config):
+def make_predict_fn(config, mesh=None):
   """A jitted `(params, batch [D, B, ...], key) -> {mode: {...}}` over D mini-batches.
 
   Per mode: `p1`, `p2` [D, B, K, F] per-frame errors (mean over joints) for every step; with
   `eval.hypotheses_curve`, `p1_by_h` [D, B, H, F]: the last step's P1 when only the first h
   hypotheses are aggregated; for 3DHP `pose` [D, B, F, J, 3], the aggregated final-step pose
-  (metres, root at 0).
+  (metres, root at 0). The results are replicated over `mesh` (None = `config.mesh` over this
+  process's devices).
   """
   family = families.get(config.family)
   modes = _check_modes(config)
@@ -106,8 +107,8 @@ def make_predict_fn(config):
     return jax.vmap(one_minibatch, in_axes=(None, 0, 0))(params, batch, keys)
 
   # Every process gets every result back, to fill identical tables.
-  return jax.jit(many_minibatches,
-                 out_shardings=sharding.replicated(sharding.make_mesh(config.get("mesh"))))
+  mesh = mesh or sharding.make_mesh(config.get("mesh"))
+  return jax.jit(many_minibatches, out_shardings=sharding.replicated(mesh))
 
 
 @dataclasses.dataclass
