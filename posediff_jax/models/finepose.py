@@ -324,7 +324,7 @@ def config_getter(model_config):
 
 
 _BACKBONE_FIELDS = ("num_frames", "num_joints", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                    "drop_path_rate", "dtype")
+                    "drop_path_rate", "dtype", "remat")
 
 
 def denoiser_fields(model_config, dtype=None) -> dict:
