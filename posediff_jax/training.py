@@ -196,6 +196,10 @@ def make_train_step(config, stage: str, optimizer, loss_fn, *, steps_per_epoch: 
   `make_optimizer`); params −= lr · direction with lr = `learning_rate` at the stage's step
   (`state['step'] − stage_start`); EMA ← rate · EMA + (1 − rate) · params.
 
+  The batch runs in `train.grad_accum_steps` micro-batches, on CPU further cut into passes of
+  `train.cpu_chunk_size` rows (`train_chunk_rows`), the gradients averaged; with
+  `train.upstream_loss_scaled_gradient` the batch's gradient is then multiplied by its loss.
+
   A loss may return `(loss, aux)`: `aux['collections']` are variables it updates itself rather than
   by gradient (batch-norm running statistics, `{'batch_stats': ...}`), written over the stage's
   parameters after the optimizer step; `aux['terms']` are named parts of the loss, reported as
@@ -208,9 +212,11 @@ def make_train_step(config, stage: str, optimizer, loss_fn, *, steps_per_epoch: 
   ema_rate = config.train.ema_rate
   accum = config.train.get("grad_accum_steps", 1)
   max_norm = config.train.get("grad_clip", 0.0)
+  loss_scaled = config.train.get("upstream_loss_scaled_gradient", False)
   schedule = learning_rate(config, stage, steps_per_epoch)
   if accum < 1:
     raise ValueError(f"train.grad_accum_steps must be >= 1, got {accum}")
+  chunk = train_chunk_rows(config, stage)
 
   def loss_with_aux(params, batch, key):
     loss, updated, terms = _split_loss_output(loss_fn(config, params, batch, key))
@@ -221,36 +227,38 @@ def make_train_step(config, stage: str, optimizer, loss_fn, *, steps_per_epoch: 
   grad_fn = jax.value_and_grad(loss_with_aux, has_aux=True)
 
   def loss_and_grads(params, batch, key):
-    if accum == 1:
+    passes = _passes(batch, accum, chunk)
+    if passes == 1:
       (loss, (updated, terms)), grads = grad_fn(params, batch, key)
       return loss, grads, updated, terms
-    if "draws" in batch:
-      raise ValueError("injected draws replay one step of a recorded run: use "
-                       "train.grad_accum_steps=1")
-    # Micro-batch i holds rows i, i + k, i + 2k, ... so each one stays spread over every device.
-    micro = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+    # Pass i holds rows i, i + k, i + 2k, ... so each one stays spread over every device. Every
+    # loss here is a mean over equally weighted rows, so the mean over passes is the batch's.
+    micro = _split_rows(batch, passes)
 
     def body(carry, inputs):
       i, micro_batch = inputs
       (loss, (updated, terms)), grads = grad_fn(params, micro_batch, jax.random.fold_in(key, i))
       if updated:
-        raise ValueError(f"train.grad_accum_steps > 1 is not supported for the {stage} stage, "
-                         "whose loss updates batch statistics")
+        raise ValueError(f"the {stage} stage's loss updates batch statistics, which several "
+                         "passes over one batch cannot: set train.grad_accum_steps=1 and "
+                         "train.cpu_chunk_size=0")
       return jax.tree.map(jnp.add, carry, (loss, grads, terms)), None
 
     (loss_shape, (_, terms_shape)), grads_shape = jax.eval_shape(
         grad_fn, params, jax.tree.map(lambda x: x[0], micro), key)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          (loss_shape, grads_shape, terms_shape))
-    total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-    loss, grads, terms = jax.tree.map(lambda x: x / accum, total)
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(passes), micro))
+    loss, grads, terms = jax.tree.map(lambda x: x / passes, total)
     return loss, grads, {}, terms
 
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     params = state["params"][stage]
     loss, grads, updated, terms = loss_and_grads(params, batch, key)
+    if loss_scaled:
+      # Upstream quirk (D3DP family): `loss.backward(loss)`, the gradient of ½·loss².
+      grads = jax.tree.map(lambda g: g * loss, grads)
     measured = {"loss": loss, **{f"terms/{k}": v for k, v in terms.items()}}
     if max_norm:
       clipped, measured["grad_norm"], measured["clip_coef"] = clip_by_global_norm(grads, max_norm)
@@ -277,6 +285,65 @@ def make_train_step(config, stage: str, optimizer, loss_fn, *, steps_per_epoch: 
     return new_state, measured
 
   return train_step
+
+
+def train_chunk_rows(config, stage: str) -> int:
+  """Rows of the training batch per forward/backward pass on CPU (0: the whole batch at once).
+
+  `train.cpu_chunk_size` > 0 runs the batch as passes of that many rows, accumulating the
+  gradient, on the CPU backend only (accelerators always take the whole batch): activations that
+  stay in cache make the backward's matmuls faster. The gradient is the batch's (up to float32
+  rounding) because every loss is a mean over equally weighted rows; a family whose rows interact
+  (`families.*.rows_interact`) refuses it.
+  """
+  chunk = int(config.train.get("cpu_chunk_size", 0) or 0)
+  if chunk < 0:
+    raise ValueError(f"train.cpu_chunk_size must be >= 0, got {chunk}")
+  if not chunk or jax.default_backend() != "cpu":
+    return 0
+  interact = getattr(families.get(config.family), "rows_interact", None)
+  if interact is not None and interact(config, stage):
+    raise ValueError(f"{config.family}'s {stage} rows interact within a batch, so it cannot run "
+                     "in passes: set train.cpu_chunk_size=0")
+  return chunk
+
+
+def _passes(batch: dict, accum: int, chunk: int) -> int:
+  """Passes over a batch: `accum` micro-batches, each cut further into passes of at most `chunk`
+  rows (the largest divisor of its rows that fits)."""
+  rows = jax.tree.leaves({k: v for k, v in batch.items() if k != "draws"})[0].shape[0]
+  if rows % accum:
+    raise ValueError(f"the batch of {rows} rows does not split into train.grad_accum_steps="
+                     f"{accum} micro-batches")
+  per = rows // accum
+  if chunk and per > chunk:
+    size = max(d for d in range(1, chunk + 1) if per % d == 0)
+    return accum * (per // size)
+  return accum
+
+
+def _split_rows(batch: dict, passes: int) -> dict:
+  """[rows, ...] leaves -> [passes, rows / passes, ...], pass i taking rows i, i + passes, ...
+
+  Replayed draws are split with their rows; a draw that is not per row (DiffPose's antithetic
+  `t_half`) cannot be, and is refused.
+  """
+  rows = jax.tree.leaves({k: v for k, v in batch.items() if k != "draws"})[0].shape[0]
+
+  def split(x):
+    return jnp.swapaxes(x.reshape(x.shape[0] // passes, passes, *x.shape[1:]), 0, 1)
+
+  draws = batch.get("draws") or {}
+  for name, value in draws.items():
+    if jnp.shape(value)[:1] != (rows,):
+      raise ValueError(f"draws[{name!r}] of shape {jnp.shape(value)} is not per row, so a batch "
+                       f"that carries it cannot run in {passes} passes: set "
+                       "train.grad_accum_steps=1 and train.cpu_chunk_size=0, or give per-row "
+                       "draws (e.g. 't' instead of 't_half')")
+  out = jax.tree.map(split, {k: v for k, v in batch.items() if k != "draws"})
+  if draws:
+    out["draws"] = jax.tree.map(split, draws)
+  return out
 
 
 def jit_train_step(config, stage: str, optimizer, loss_fn, mesh, **kwargs):

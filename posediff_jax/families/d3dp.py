@@ -370,8 +370,8 @@ def loss_with_noise_with(config, apply_fn: DenoiserApply, batch, t, noise, deter
 def denoiser_loss(config, denoiser_params, batch, key) -> jax.Array:
   """MPJPE of the x0 prediction at a random t per clip, with stochastic depth on.
 
-  With `config.train.upstream_loss_scaled_gradient` the value is still the MPJPE but its
-  gradient is multiplied by it, as upstream's `loss.backward(gradient=loss)`.
+  (Upstream's `loss.backward(loss)`, `train.upstream_loss_scaled_gradient`, is applied by the
+  train step to the whole batch's gradient.)
   """
   apply_fn = denoiser_apply(config, denoiser_params, config.train.get("compute_dtype", "float32"))
   return loss_with(config, apply_fn, batch, key)
@@ -403,10 +403,6 @@ def loss_with(config, apply_fn: DenoiserApply, batch, key) -> jax.Array:
     noise = jax.random.normal(k_noise, target.shape, jnp.float32)
   loss, _ = loss_with_noise_with(config, apply_fn, batch, t, noise, deterministic=False,
                                  key=k_drop)
-  if config.train.get("upstream_loss_scaled_gradient", False):
-    held = jax.lax.stop_gradient(loss)
-    # Upstream quirk: `loss.backward(loss)`. Value: loss; gradient: loss·∇loss (∇ of ½·loss²).
-    loss = held * loss + jax.lax.stop_gradient(loss - held * loss)
   return loss
 
 

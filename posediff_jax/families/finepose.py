@@ -127,6 +127,14 @@ def convert(config, denoiser_path, lifter_path=None, clip_path=None
           {"denoiser": list(report.unused), "text_cache": clip_unused})
 
 
+def rows_interact(config, stage: str) -> bool:
+  """Whether a training batch's rows depend on each other, so that cutting it into passes would
+  change the step: with upstream's text tiling a row's cross-attention reads another clip's
+  prompt, and DSGDiffu's graph attention acts on a call's row 0 only."""
+  del stage
+  return _family(config) == "dsgdiffu" or config.model.text_tiling == "upstream"
+
+
 def untrained_params(config) -> dict[str, tuple[str, ...]]:
   """{stage: parameter path prefixes no loss reaches}: DSGDiffu's `STEblocks.0`, built and saved
   upstream but never run, so its gradient is None and AdamW neither moves nor decays it."""
@@ -318,7 +326,7 @@ def denoiser_loss_with_noise(config, denoiser_params, batch, t, noise, determini
 
 
 def denoiser_loss(config, denoiser_params, batch, key, *, text_cache=None) -> jax.Array:
-  """`d3dp.denoiser_loss` (random t, stochastic depth, upstream gradient scaling) with prompts.
+  """`d3dp.denoiser_loss` (random t, stochastic depth) with each clip's prompt.
 
   The training loop passes params['text_cache'] as `text_cache` (see `losses`).
   """
