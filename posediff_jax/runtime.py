@@ -235,12 +235,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(str(e))
 
 
+def quiet_libtpu_without_tpu() -> None:
+  """With libtpu installed (requirements-dev.txt has it for `posediff_jax.plan`) on a machine
+  without a TPU, JAX's backend probe makes libtpu ask a cloud metadata server about the TPU and
+  print warnings when there is none; the CPU backend is used all the same. Skip that query. A
+  machine with TPU chips is left as it is."""
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+  except Exception:  # pylint: disable=broad-except
+    return  # not knowing is no reason to change anything
+  if chips == 0:
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
 def run(main) -> None:
   """`absl.app.run(main)`, printing user errors as one `error: ...` line with exit status 2.
 
   Covers the command line (`parse_flags`), `USER_ERRORS` raised by `main` and `app.UsageError`.
   Set POSEDIFF_TRACEBACK=1 to see the full traceback instead.
   """
+  quiet_libtpu_without_tpu()
 
   def guarded(argv):
     # Quiet library INFO logs (matplotlib's font cache, orbax) from the first line of main on;

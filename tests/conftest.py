@@ -4,6 +4,10 @@ import json
 import os
 import pathlib
 
+# The tests are CPU tests. libtpu (requirements-dev.txt, for posediff_jax.plan) would otherwise have
+# JAX probe for a TPU first; planning for a TPU needs no TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import numpy as np
 import pytest
 
