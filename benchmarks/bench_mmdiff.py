@@ -27,7 +27,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from configs import mmdiff_mmbody  # pylint: disable=g-import-not-at-top
 from posediff_jax.data import radar as radar_data  # pylint: disable=g-import-not-at-top
-from posediff_jax.data import synthetic_radar  # pylint: disable=g-import-not-at-top
+# pylint: disable-next=g-import-not-at-top
+from posediff_jax.data.synthetic import radar as synthetic_radar
 from posediff_jax.families import mmdiff  # pylint: disable=g-import-not-at-top
 
 SECTION = "## mmDiff (mmBody sizes): phase-2 refinement and phase-1 encoding"

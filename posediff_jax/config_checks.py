@@ -362,12 +362,12 @@ def data_problems(config) -> list[str]:
     return []
   if dataset == "3dhp":
     fields = ("file_train", "file_test")
-    from posediff_jax.data import synthetic_3dhp  # pylint: disable=g-import-not-at-top
-    generated = set(synthetic_3dhp.FILES.values())
+    from posediff_jax.data.synthetic import mpi3dhp  # pylint: disable=g-import-not-at-top
+    generated = set(mpi3dhp.FILES.values())
   else:
     fields = (("file_3d", "file_2d") if layout == "clips" else ("file_3d", "train_2d", "test_2d"))
-    from posediff_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    generated = set(synthetic.FILES.values())
+    from posediff_jax.data.synthetic import h36m  # pylint: disable=g-import-not-at-top
+    generated = set(h36m.FILES.values())
   problems, missing, to_generate = [], {}, False
   for field in fields:
     if field not in data:

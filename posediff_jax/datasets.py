@@ -24,7 +24,9 @@ from posediff_jax.data import mmfi
 from posediff_jax.data import mpi3dhp
 from posediff_jax.data import radar
 from posediff_jax.data import radar_pipeline
-from posediff_jax.data import synthetic
+from posediff_jax.data.synthetic import h36m as synthetic_h36m
+from posediff_jax.data.synthetic import mpi3dhp as synthetic_3dhp
+from posediff_jax.data.synthetic import radar as synthetic_radar
 
 LAYOUTS = ("frames", "clips", "radar")
 
@@ -80,7 +82,6 @@ def _radar_data_paths(config) -> dict[str, pathlib.Path]:
     if settings.source != "raw":
       raise ValueError("config.data.generate_synthetic writes the raw layout: set "
                        "config.data.source='raw'")
-    from posediff_jax.data import synthetic_radar  # pylint: disable=g-import-not-at-top
     synthetic_radar.ensure_synthetic_radar(
         settings.root, settings.dataset,
         frames_per_sequence=int(config.data.get("synthetic_frames",
@@ -99,12 +100,11 @@ def data_paths(config) -> dict[str, pathlib.Path]:
   root = pathlib.Path(config.data.root)
   if config.data.get("dataset", "h36m") == "3dhp":
     if config.data.get("generate_synthetic", False):
-      from posediff_jax.data import synthetic_3dhp  # pylint: disable=g-import-not-at-top
       synthetic_3dhp.ensure_synthetic_3dhp(root)
     return {"train": _require(root / config.data.file_train, "file_train"),
             "test": _require(root / config.data.file_test, "file_test")}
   if config.data.get("generate_synthetic", False):
-    synthetic.ensure_synthetic_data(root)
+    synthetic_h36m.ensure_synthetic_data(root)
   if layout(config) == "clips":
     return {"3d": _require(root / config.data.file_3d, "file_3d"),
             "2d": _require(root / config.data.file_2d, "file_2d")}

@@ -13,10 +13,11 @@ from posediff_jax import skeleton
 from posediff_jax.data import clip_pipeline
 from posediff_jax.data import h36m
 from posediff_jax.data import mpi3dhp
+from posediff_jax.data import npz
 from posediff_jax.data import pipeline
-from posediff_jax.data import synthetic
-from posediff_jax.data import synthetic_3dhp
 from posediff_jax.data import videos
+from posediff_jax.data.synthetic import h36m as synthetic_h36m
+from posediff_jax.data.synthetic import mpi3dhp as synthetic_3dhp
 
 from tests.conftest import parity_dir
 
@@ -246,7 +247,7 @@ def test_clip_length_errors():
 
 @pytest.fixture(scope="module")
 def h36m_files(tmp_path_factory):
-  return synthetic.generate(tmp_path_factory.mktemp("h36m"), frames_per_sequence=H36M_FRAMES,
+  return synthetic_h36m.generate(tmp_path_factory.mktemp("h36m"), frames_per_sequence=H36M_FRAMES,
                             subjects=["S9", "S11"], actions=list(H36M_ACTIONS))
 
 
@@ -277,7 +278,7 @@ def test_h36m_videos_from_synthetic_files(h36m_files):
 def test_h36m_cpn_file_is_kernel_zero_and_trimmed(h36m_files):
   plain = safe_load.load_pickled_npz(h36m_files["2d_cpn"])
   gmm = safe_load.load_pickled_npz(h36m_files["2d_cpn_gmm"])["positions_2d"]
-  assert plain["metadata"] == synthetic.METADATA
+  assert plain["metadata"] == synthetic_h36m.METADATA
   for subject, actions in plain["positions_2d"].items():
     for action, per_camera in actions.items():
       for array, kernels in zip(per_camera, gmm[subject][action]):
@@ -301,7 +302,7 @@ def test_h36m_errors(h36m_files, tmp_path):
   data = safe_load.load_pickled_npz(h36m_files["2d_gt"])["positions_2d"]
   data["S9"]["Walking"][2] = data["S9"]["Walking"][2][:, :16]
   bad = tmp_path / "data_2d_h36m_bad.npz"
-  synthetic.save_npz(bad, positions_2d=data)
+  npz.save_npz(bad, positions_2d=data)
   with pytest.raises(ValueError, match=r"data_2d_h36m_bad.npz.*'S9'.*'Walking'.*camera 2.*"
                      r"\(12, 16, 2\)"):
     h36m.load_h36m_videos(h36m_files["3d"], bad, ["S9"])
@@ -309,7 +310,7 @@ def test_h36m_errors(h36m_files, tmp_path):
     h36m.load_h36m_videos(h36m_files["3d"], h36m_files["2d_gt_gmm"], ["S9"])
   data = safe_load.load_pickled_npz(h36m_files["2d_gt"])["positions_2d"]
   data["S9"]["Sitting 2"][1] = data["S9"]["Sitting 2"][1][:-1]
-  synthetic.save_npz(bad, positions_2d=data)
+  npz.save_npz(bad, positions_2d=data)
   with pytest.raises(ValueError, match="'Sitting 2'.* camera 1 has 11 frames.*at least as long"):
     h36m.load_h36m_videos(h36m_files["3d"], bad, ["S9"])
 
@@ -383,12 +384,12 @@ def test_3dhp_errors(mpi_files, tmp_path):
   }
   for name, (content, message) in cases.items():
     path = tmp_path / f"{name}.npz"
-    synthetic.save_npz(path, data=content)
+    npz.save_npz(path, data=content)
     with pytest.raises(ValueError, match=message):
       mpi3dhp.load_test(path)
   train = safe_load.load_pickled_npz(mpi_files["train"])["data"]
   path = tmp_path / "train_key.npz"
-  synthetic.save_npz(path, data={"S1Seq1": train["S1 Seq1"]})
+  npz.save_npz(path, data={"S1Seq1": train["S1 Seq1"]})
   with pytest.raises(ValueError, match="S1Seq1"):
     mpi3dhp.load_train(path)
   with pytest.raises(FileNotFoundError):
@@ -418,10 +419,10 @@ def test_synthetic_3dhp_deterministic_and_ensure(tmp_path):
 
 def test_ensure_synthetic_data_only_writes_missing_files(tmp_path):
   kw = dict(frames_per_sequence=3, subjects=["S1"], actions=["Posing"])
-  paths = synthetic.ensure_synthetic_data(tmp_path, **kw)
+  paths = synthetic_h36m.ensure_synthetic_data(tmp_path, **kw)
   assert paths["2d_cpn"].name == "data_2d_h36m_cpn_ft_h36m_dbb.npz"
   stamps = {k: p.stat().st_mtime_ns for k, p in paths.items() if k != "2d_cpn"}
   paths["2d_cpn"].unlink()
-  synthetic.ensure_synthetic_data(tmp_path, **kw)
+  synthetic_h36m.ensure_synthetic_data(tmp_path, **kw)
   assert paths["2d_cpn"].is_file()
   assert {k: p.stat().st_mtime_ns for k, p in paths.items() if k != "2d_cpn"} == stamps

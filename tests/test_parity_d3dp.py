@@ -22,7 +22,8 @@ from posediff_jax import safe_load
 from posediff_jax import skeleton
 from posediff_jax.convert import common
 from posediff_jax.convert import d3dp as convert
-from posediff_jax.data import synthetic
+from posediff_jax.data import npz
+from posediff_jax.data.synthetic import h36m as synthetic_h36m
 from posediff_jax.diffusion import aggregation
 from posediff_jax.diffusion import schedules
 from posediff_jax.families import d3dp
@@ -499,7 +500,7 @@ def test_cli_convert_then_evaluate_on_synthetic_clips_with_plots(root, config, t
                  *_cli_sizes(config)])
   assert "betas" in stdout and f"wrote {ckpt}" in stdout
   data = tmp_path / "data"
-  synthetic.ensure_synthetic_data(data, frames_per_sequence=40)
+  synthetic_h36m.ensure_synthetic_data(data, frames_per_sequence=40)
   out_json, plots = tmp_path / "results.json", tmp_path / "plots"
   stdout = _run(["evaluate.py", "--config=configs/d3dp_h36m.py:cpn", f"--checkpoint={ckpt}",
                  f"--output={out_json}", f"--plots={plots}", f"--config.data.root={data}",
@@ -519,14 +520,14 @@ def test_cli_convert_then_evaluate_on_synthetic_clips_with_plots(root, config, t
 @pytest.mark.slow
 def test_cli_rejects_a_2d_file_with_the_wrong_joint_count(root, config, tmp_path):
   data = tmp_path / "data"
-  synthetic.ensure_synthetic_data(data, frames_per_sequence=8)
+  synthetic_h36m.ensure_synthetic_data(data, frames_per_sequence=8)
   ckpt = tmp_path / "ckpt"
   d3dp_params, _ = d3dp.convert(config, root / "denoiser.pth")
   checkpoint.save_model(ckpt, d3dp_params, d3dp.checkpoint_meta(config))
   positions = safe_load.load_pickled_npz(data / "data_2d_h36m_cpn_ft_h36m_dbb.npz")
   bad = {s: {a: [cam[:, :16] for cam in cams] for a, cams in acts.items()}
          for s, acts in positions["positions_2d"].items()}
-  synthetic.save_npz(data / "data_2d_h36m_cpn_ft_h36m_dbb.npz", positions_2d=bad,
+  npz.save_npz(data / "data_2d_h36m_cpn_ft_h36m_dbb.npz", positions_2d=bad,
                      metadata=positions["metadata"])
   proc = subprocess.run(
       [sys.executable, "evaluate.py", "--config=configs/d3dp_h36m.py:cpn", f"--checkpoint={ckpt}",

@@ -26,7 +26,7 @@ from posediff_jax.convert import diffpose as convert_diffpose
 from posediff_jax.convert import icassp as convert
 from posediff_jax.data import frame_pipeline
 from posediff_jax.data import h36m
-from posediff_jax.data import synthetic
+from posediff_jax.data.synthetic import h36m as synthetic_h36m
 from posediff_jax.diffusion import ddim
 from posediff_jax.diffusion import schedules
 from posediff_jax.families import diffpose
@@ -456,7 +456,7 @@ def test_cli_lifter_only_conversion_starts_training_but_is_not_evaluated(root, f
   assert proc.returncode == 2, proc.stderr
   assert "holds a 'diffpose' model" in proc.stderr
   data = tmp_path / "data"
-  synthetic.ensure_synthetic_data(data, frames_per_sequence=tiny_run.FRAMES_PER_SEQUENCE)
+  synthetic_h36m.ensure_synthetic_data(data, frames_per_sequence=tiny_run.FRAMES_PER_SEQUENCE)
   config = tiny_run.tiny_family_config("icassp", data, {
       **{k: v for k, v in overrides.items() if k.startswith("lifter.")},
       "train.lifter_checkpoint": str(ckpt), "train.lifter_steps": 0, "train.steps": 1,

@@ -22,7 +22,8 @@ from posediff_jax import keypoints as kp
 from posediff_jax import plots
 from posediff_jax import predict
 from posediff_jax import skeleton
-from posediff_jax.data import synthetic
+from posediff_jax.data.synthetic import h36m as synthetic_h36m
+from posediff_jax.data.synthetic import motion
 from posediff_jax.families import diffpose
 from tests import tiny_run
 
@@ -49,9 +50,9 @@ def tiny(tmp_path_factory):
 
 def _synthetic_coco(frames: int):
   """A synthetic walk seen by a Human3.6M camera, as COCO-17 pixels with confidences."""
-  positions = synthetic.synthesize_sequence("S9", "Walking", frames)
+  positions = motion.synthesize_sequence("S9", "Walking", frames)
   camera = cameras.h36m_cameras("S9")[0]
-  h36m_px = synthetic.project_sequence(positions, "S9")[0].astype(np.float64)
+  h36m_px = synthetic_h36m.project_sequence(positions, "S9")[0].astype(np.float64)
   coco = np.zeros((frames, 17, 2))
   for coco_name, h36m_name in _SAME_JOINT.items():
     coco[:, COCO[coco_name]] = h36m_px[:, H36M[h36m_name]]

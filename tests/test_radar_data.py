@@ -13,7 +13,7 @@ from posediff_jax import datasets
 from posediff_jax import skeleton
 from posediff_jax.data import radar
 from posediff_jax.data import radar_pipeline
-from posediff_jax.data import synthetic_radar
+from posediff_jax.data.synthetic import radar as synthetic_radar
 
 FRAMES = 7  # frames per synthetic sequence: enough for a 4-frame window reaching 4 frames back
 

@@ -8,7 +8,9 @@ import pytest
 from posediff_jax import cameras
 from posediff_jax import safe_load
 from posediff_jax import skeleton
-from posediff_jax.data import synthetic
+from posediff_jax.data.synthetic import body
+from posediff_jax.data.synthetic import h36m as synthetic_h36m
+from posediff_jax.data.synthetic import motion
 
 from tests.conftest import REPO_ROOT
 
@@ -20,7 +22,7 @@ KEPT = list(skeleton.H36M32_TO_17)
 def data(tmp_path_factory):
   """Every subject and action, short sequences, read back with the project's safe loader."""
   out = tmp_path_factory.mktemp("synthetic")
-  paths = synthetic.generate(out, frames_per_sequence=FRAMES, seed=0)
+  paths = synthetic_h36m.generate(out, frames_per_sequence=FRAMES, seed=0)
   loaded = {key: safe_load.load_pickled_npz(path) for key, path in paths.items()}
   return paths, loaded
 
@@ -51,7 +53,7 @@ def test_layouts(data):
   assert list(p3d) == ["S1", "S5", "S6", "S7", "S8", "S9", "S11"]
   names = list(p3d["S1"])
   assert len(names) == 15
-  assert [n.split(" ")[0] for n in names] == list(synthetic.ACTIONS)
+  assert [n.split(" ")[0] for n in names] == list(motion.ACTIONS)
   assert {"Directions 1", "Eating 2", "Walking", "WalkDog", "SittingDown"} <= set(names)
   for subject, actions in p3d.items():
     assert list(actions) == names
@@ -92,7 +94,7 @@ def test_bone_lengths_constant_per_subject(data):
   _, loaded = data
   parents = np.array(skeleton.H36M_PARENTS[1:])
   for subject, actions in loaded["3d"]["positions_3d"].items():
-    expected = synthetic.subject_bone_lengths(subject, seed=0)
+    expected = body.subject_bone_lengths(subject, seed=0)
     for pose in actions.values():
       x = _kept(pose).astype(np.float64)
       lengths = np.linalg.norm(x[:, 1:] - x[:, parents], axis=-1)
@@ -100,9 +102,9 @@ def test_bone_lengths_constant_per_subject(data):
     # Left and right limbs match; the subject is within 10% of the Human3.6M mean.
     np.testing.assert_array_equal(expected[list(skeleton.H36M_LEFT)],
                                   expected[list(skeleton.H36M_RIGHT)])
-    ratio = expected[1:] / synthetic.MEAN_BONE_LENGTHS[1:]
+    ratio = expected[1:] / body.MEAN_BONE_LENGTHS[1:]
     assert 0.85 < ratio.min() and ratio.max() < 1.1
-  s1, s9 = synthetic.subject_bone_lengths("S1"), synthetic.subject_bone_lengths("S9")
+  s1, s9 = body.subject_bone_lengths("S1"), body.subject_bone_lengths("S9")
   assert not np.allclose(s1, s9)
 
 
@@ -119,19 +121,19 @@ def test_bone_lengths_and_motion_match_real_mocap(data):
   parents = np.array(cmu["parents_h36m17"])[1:]
   real_lengths = np.linalg.norm(real[:, 1:] - real[:, parents], axis=-1).mean(0)
   _, loaded = data
-  ours = np.mean([synthetic.subject_bone_lengths(s) for s in synthetic.SUBJECTS], axis=0)[1:]
+  ours = np.mean([body.subject_bone_lengths(s) for s in body.SUBJECTS], axis=0)[1:]
   # The leg bones are where the CMU-to-H36M joint mapping is anatomically the same.
   for child in (1, 2, 3, 4, 5, 6):
     assert abs(ours[child - 1] / real_lengths[child - 1] - 1) < 0.15, child
   # Standing pelvis height and walking speed are those of real people.
   real_root_height = np.median(real[:, 0, 1])
-  walk = _kept(synthetic.synthesize_sequence("S9", "Walking", 100))
+  walk = _kept(motion.synthesize_sequence("S9", "Walking", 100))
   assert abs(np.median(walk[:, 0, 2]) / real_root_height - 1) < 0.15
   bvh = np.load(_cmu_dir() / "cmu_mocap_bvh_retargeted_h36m17.npz")
   real_walk = bvh["02_01_h36m17"]
   real_speed = np.linalg.norm(np.diff(real_walk[:, 0, [0, 2]], axis=0), axis=-1).mean() * 120
   speed = np.linalg.norm(np.diff(walk[:, 0, :2], axis=0), axis=-1).mean() * (
-      synthetic.DEFAULT_FRAME_RATE_HZ)
+      motion.DEFAULT_FRAME_RATE_HZ)
   assert 0.7 < speed / real_speed < 1.3
 
 
@@ -145,7 +147,7 @@ def test_poses_are_human_and_in_view(data):
       if name.split(" ")[0] not in ("Purchases", "SittingDown"):  # the two that bend over
         assert (x[:, 10, 2] > x[:, 8, 2]).all(), name
       # Smooth motion: no joint moves faster than a kicking foot (m/s).
-      speed = np.linalg.norm(np.diff(x, axis=0), axis=-1) * synthetic.DEFAULT_FRAME_RATE_HZ
+      speed = np.linalg.norm(np.diff(x, axis=0), axis=-1) * motion.DEFAULT_FRAME_RATE_HZ
       assert speed.max() < 8.0, name
       assert np.abs(x[:, 0, :2]).max() < 2.0  # inside the capture volume
       for cam, uv in zip(cameras.h36m_cameras(subject),
@@ -209,9 +211,9 @@ def test_gmm_kernel0(data):
 def test_deterministic_and_subsets_reproduce(tmp_path, data):
   _, loaded = data
   kw = dict(frames_per_sequence=FRAMES, subjects=["S9", "S5"], actions=["Walking", "Sitting"])
-  a = synthetic.generate(tmp_path / "a", seed=0, **kw)
-  b = synthetic.generate(tmp_path / "b", seed=0, **kw)
-  c = synthetic.generate(tmp_path / "c", seed=1, **kw)
+  a = synthetic_h36m.generate(tmp_path / "a", seed=0, **kw)
+  b = synthetic_h36m.generate(tmp_path / "b", seed=0, **kw)
+  c = synthetic_h36m.generate(tmp_path / "c", seed=1, **kw)
   for key in a:
     assert a[key].read_bytes() == b[key].read_bytes(), key
   small = safe_load.load_pickled_npz(a["3d"])["positions_3d"]
@@ -227,31 +229,31 @@ def test_deterministic_and_subsets_reproduce(tmp_path, data):
 
 def test_ensure_synthetic_data(tmp_path):
   kw = dict(frames_per_sequence=3, subjects=["S1"], actions=["Posing"])
-  paths = synthetic.ensure_synthetic_data(tmp_path, **kw)
+  paths = synthetic_h36m.ensure_synthetic_data(tmp_path, **kw)
   assert all(p.is_file() for p in paths.values())
   stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
-  assert synthetic.ensure_synthetic_data(tmp_path, **kw) == paths
+  assert synthetic_h36m.ensure_synthetic_data(tmp_path, **kw) == paths
   assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
   paths["2d_cpn_gmm"].unlink()
-  synthetic.ensure_synthetic_data(tmp_path, **kw)
+  synthetic_h36m.ensure_synthetic_data(tmp_path, **kw)
   assert paths["2d_cpn_gmm"].is_file()
   assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
 
 
 def test_bad_arguments(tmp_path):
   with pytest.raises(ValueError, match="S2"):
-    synthetic.generate(tmp_path, subjects=["S2"])
+    synthetic_h36m.generate(tmp_path, subjects=["S2"])
   with pytest.raises(ValueError, match="Running"):
-    synthetic.generate(tmp_path, actions=["Walking", "Running"])
+    synthetic_h36m.generate(tmp_path, actions=["Walking", "Running"])
   with pytest.raises(ValueError, match="string"):
-    synthetic.generate(tmp_path, actions="Walking")
+    synthetic_h36m.generate(tmp_path, actions="Walking")
   with pytest.raises(ValueError, match="frames_per_sequence"):
-    synthetic.generate(tmp_path, frames_per_sequence=0)
+    synthetic_h36m.generate(tmp_path, frames_per_sequence=0)
   assert not list(tmp_path.iterdir())
 
 
 def test_command_line(tmp_path, capsys):
-  synthetic.main(["--out", str(tmp_path), "--frames", "2", "--seed", "3"])
+  synthetic_h36m.main(["--out", str(tmp_path), "--frames", "2", "--seed", "3"])
   assert len(capsys.readouterr().out.splitlines()) == 5
   pose = safe_load.load_pickled_npz(tmp_path / "data_3d_h36m.npz")["positions_3d"]["S11"]
   assert pose["Walking"].shape == (2, 32, 3)

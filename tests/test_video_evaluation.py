@@ -15,8 +15,8 @@ from posediff_jax import datasets
 from posediff_jax import evaluation
 from posediff_jax import metrics
 from posediff_jax.data import clip_pipeline
-from posediff_jax.data import synthetic
-from posediff_jax.data import synthetic_3dhp
+from posediff_jax.data.synthetic import h36m as synthetic_h36m
+from posediff_jax.data.synthetic import mpi3dhp as synthetic_3dhp
 from posediff_jax.families import d3dp
 
 NUM_FRAMES = 9
@@ -42,7 +42,7 @@ def zero_sampler(monkeypatch):
 
 
 def test_human36m_tables_weight_every_clip_frame_once_overlaps_twice(tmp_path):
-  synthetic.ensure_synthetic_data(tmp_path, frames_per_sequence=20)
+  synthetic_h36m.ensure_synthetic_data(tmp_path, frames_per_sequence=20)
   config = _tiny(d3dp_h36m.get_config("cpn"), tmp_path)
   config.data.test_subjects = ("S9",)
   sequences = datasets.load_split(config, "test")
@@ -93,7 +93,7 @@ def test_train_cli_trains_and_evaluates_a_tiny_clip_model(tmp_path, monkeypatch,
   from tests import tiny_run  # pylint: disable=g-import-not-at-top
 
   monkeypatch.undo()  # the real sampler, in a fresh interpreter
-  synthetic.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
+  synthetic_h36m.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
   overrides = {**tiny_run.FAMILY_OVERRIDES[family], "data.root": tmp_path / "data",
                "data.test_subjects": "('S9',)", "train.steps": 3, "train.eval_every": 2,
                "train.eval_max_batches": 2, "sampling.num_hypotheses": 2,
@@ -118,7 +118,7 @@ def test_training_starts_from_a_checkpoints_text_cache(tmp_path, monkeypatch):
   from tests import tiny_run  # pylint: disable=g-import-not-at-top
 
   monkeypatch.undo()
-  synthetic.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
+  synthetic_h36m.ensure_synthetic_data(tmp_path / "data", frames_per_sequence=12)
   config = finepose_h36m.get_config("gt")
   for dotted, value in {**tiny_run.FAMILY_OVERRIDES["finepose"],
                         "data.root": str(tmp_path / "data"), "train.steps": 1,

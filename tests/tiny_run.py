@@ -39,10 +39,11 @@ def session_dir(tmp_path_factory, name: str) -> pathlib.Path:
 
 def tiny_data(tmp_path_factory) -> pathlib.Path:
   """The session's tiny synthetic Human3.6M-layout data set (all subjects and actions)."""
-  from posediff_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from posediff_jax.data.synthetic import h36m as synthetic_h36m
 
   root = session_dir(tmp_path_factory, "tiny_data")
-  synthetic.ensure_synthetic_data(root, frames_per_sequence=FRAMES_PER_SEQUENCE)
+  synthetic_h36m.ensure_synthetic_data(root, frames_per_sequence=FRAMES_PER_SEQUENCE)
   return root
 
 
@@ -94,7 +95,8 @@ RADAR_FRAMES_PER_SEQUENCE = 12
 
 def tiny_radar_data(tmp_path_factory) -> pathlib.Path:
   """The session's tiny synthetic mmBody-layout radar set."""
-  from posediff_jax.data import synthetic_radar  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from posediff_jax.data.synthetic import radar as synthetic_radar
 
   root = session_dir(tmp_path_factory, "tiny_radar_data")
   synthetic_radar.ensure_synthetic_radar(root, "mmbody",

@@ -1,7 +1,7 @@
 r"""Synthetic MPI-INF-3DHP: the synthetic Human3.6M motion in the layout of the `_ori` 3DHP files.
 
 The D3DP-family 3DHP configs read P-STMO-style files built from the camera-space `annot3` (spec
-§7.4). This module writes files with exactly that layout from `synthetic`'s procedural motion, so
+§7.4). This module writes files with exactly that layout from `motion`'s procedural motion, so
 the 3DHP path runs without the real data:
 
 - `data_train_3dhp_ori.npz`: `data` = `{"S1 Seq1": [{camera: {'data_2d': float32 [N, 17, 2] px,
@@ -43,7 +43,9 @@ import numpy as np
 
 from posediff_jax import cameras
 from posediff_jax import skeleton
-from posediff_jax.data import synthetic
+from posediff_jax.data import npz
+from posediff_jax.data.synthetic import body
+from posediff_jax.data.synthetic import motion
 
 FILE_TRAIN = "data_train_3dhp_ori.npz"
 FILE_TEST = "data_test_3dhp_ori.npz"
@@ -77,10 +79,10 @@ def to_3dhp_joints(poses: np.ndarray) -> np.ndarray:
 def _motion(index: int, frames: int, seed: int) -> tuple[np.ndarray, str]:
   """Synthetic motion number `index`: (Human3.6M-17 world metres `[T, 17, 3]`, its subject)."""
   # 7 subjects and 15 actions: the first 105 motions are distinct (subject, action) pairs.
-  subject = synthetic.SUBJECTS[index % len(synthetic.SUBJECTS)]
-  action = synthetic.ACTIONS[index % len(synthetic.ACTIONS)]
-  motion = synthetic.synthesize_sequence(subject, action, frames, seed=seed + _SEED_OFFSET)
-  return motion[:, list(skeleton.H36M32_TO_17)], subject
+  subject = body.SUBJECTS[index % len(body.SUBJECTS)]
+  action = motion.ACTIONS[index % len(motion.ACTIONS)]
+  moves = motion.synthesize_sequence(subject, action, frames, seed=seed + _SEED_OFFSET)
+  return moves[:, list(skeleton.H36M32_TO_17)], subject
 
 
 def _view(world: np.ndarray, subject: str, camera_index: int, test_camera: str
@@ -153,7 +155,7 @@ def generate(out_dir, *, frames: int = DEFAULT_FRAMES, test_frames: int = DEFAUL
         views = {camera: _view(world, h36m_subject, c, TEST_SEQUENCES[0])
                  for c, camera in enumerate(train_cameras)}
         train[f"{subject} {sequence}"] = [views, TRAIN_FPS]
-    synthetic.save_npz(paths["train"], data=train)
+    npz.save_npz(paths["train"], data=train)
 
   if not (only_missing and paths["test"].is_file()):
     test = {}
@@ -163,9 +165,8 @@ def generate(out_dir, *, frames: int = DEFAULT_FRAMES, test_frames: int = DEFAUL
       # Test motions are numbered after the largest possible training set (8 subjects x 2).
       world, h36m_subject = _motion(16 + index, length, seed)
       view = _view(world, h36m_subject, index, ts)
-      rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-      test[ts] = {**view, "valid": _invalid_runs(rng, length)}
-    synthetic.save_npz(paths["test"], data=test)
+      test[ts] = {**view, "valid": _invalid_runs(body.rng(seed, index), length)}
+    npz.save_npz(paths["test"], data=test)
   return paths
 
 

@@ -1,6 +1,6 @@
 r"""Synthetic radar data in the mmBody and mm-Fi layouts, so the mmDiff demo and tests run offline.
 
-A moving skeleton comes from `synthetic`'s procedural Human3.6M motion. It is placed in front of a
+A moving skeleton comes from `motion`'s procedural Human3.6M motion. It is placed in front of a
 radar (x to the side, y = range, z up, metres; the radar at the origin, 1 m above the floor), and
 each frame becomes a point cloud: points scattered along the bones with some flesh-like spread,
 each with its radial velocity, an amplitude and an energy, plus clutter (room returns, ghosts
@@ -15,7 +15,7 @@ mmBody (`--layout mmbody`; Arbe 4D imaging radar, 6 columns):
   root/train/sequence_<id>/mesh/frame_<k>.npz         `joints` float32 [55, 3], SMPL-X order
   root/test/<scene>/sequence_<id>/{radar,mesh}/...     one sequence per test scene
 
-  Only the 17 SMPL-X joints upstream selects (`radar.SMPLX_TO_H36M`) carry the skeleton; as in
+  Only the 17 SMPL-X joints upstream selects (`mmbody.SMPLX_TO_H36M`) carry the skeleton; as in
   the real labels, slots 1-3 of the selected skeleton are the subject's left leg and 11-13 the left
   arm (H36M's order with left and right swapped). The other SMPL-X joints copy a neighbour.
   Scenes: lab1, lab2 and poor_lighting as the training sequences; furnished adds furniture
@@ -27,7 +27,7 @@ mm-Fi (`--layout mmfi`; TI IWR6843, 5 columns):
   root/E0x/Sxx/Axx/mmwave/frame<NNN>.bin              float64 [n, 5]: x, y, z, doppler, intensity
   root/E0x/Sxx/Axx/ground_truth.npy                   float32 [T, 17, 3], Human3.6M order
 
-  Environment E01 holds subjects S01-S10, E02 S11-S20 (as upstream's `get_scene`). A few protocol-1
+  Environment E01 holds subjects S01-S10, E02 S11-S20 (`mmfi.environment`). A few protocol-1
   actions and one action outside protocol 1 (A01, which readers must skip) per subject; far fewer
   points per frame than mmBody.
 
@@ -50,14 +50,16 @@ from typing import Sequence
 import numpy as np
 
 from posediff_jax import skeleton
-from posediff_jax.data import synthetic
+from posediff_jax.data import mmbody
+from posediff_jax.data import mmfi
+from posediff_jax.data import radar
+from posediff_jax.data.synthetic import body
+from posediff_jax.data.synthetic import motion
 
 LAYOUTS = ("mmbody", "mmfi")
 MARKER = "SYNTHETIC.json"
 DEFAULT_FRAMES = 48
 
-# The 17 SMPL-X joints upstream's label selects (spec §4.1), in the label's slot order.
-SMPLX_SELECTED = (0, 1, 4, 7, 2, 5, 8, 6, 12, 15, 24, 16, 18, 20, 17, 19, 21)
 NUM_SMPLX_JOINTS = 55
 # The SMPL-X joints no label reads copy a nearby selected joint (spine1 the pelvis, the feet the
 # ankles, the collars the shoulders, jaw and left eye the head, the hands the wrists).
@@ -65,7 +67,7 @@ _SMPLX_FILL = {3: 0, 9: 6, 10: 7, 11: 8, 13: 16, 14: 17, 22: 15, 23: 15,
                **{j: 20 for j in range(25, 40)}, **{j: 21 for j in range(40, 55)}}
 
 MMBODY_TRAIN_SEQUENCES = 4
-MMBODY_TEST_SCENES = ("lab1", "lab2", "furnished", "rain", "smoke", "poor_lighting", "occlusion")
+MMBODY_TEST_SCENES = radar.MMBODY_TEST_SCENES
 MMFI_SUBJECTS = ("S01", "S02", "S05", "S10", "S11", "S15")
 MMFI_ACTIONS = ("A01", "A02", "A03", "A13")
 
@@ -80,21 +82,17 @@ _FRAME_RATE_HZ = 10.0  # mmBody and mm-Fi record at ~10 Hz
 _SEED_OFFSET = 4057  # keeps these motions apart from the other synthetic sets with the same seed
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
-  return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(key)))
-
-
 def skeleton_motion(index: int, frames: int, seed: int, range_m: float) -> np.ndarray:
   """Synthetic motion number `index` in the radar frame: float64 `[T, 17, 3]`, Human3.6M order.
 
   The motion's mean pelvis is put `range_m` in front of the radar (y) at x = 0; z is height
   relative to the radar.
   """
-  subject = synthetic.SUBJECTS[index % len(synthetic.SUBJECTS)]
-  action = synthetic.ACTIONS[(7 * index + 3) % len(synthetic.ACTIONS)]
-  motion = synthetic.synthesize_sequence(subject, action, frames, seed=seed + _SEED_OFFSET,
-                                         frame_rate_hz=_FRAME_RATE_HZ)
-  pose = motion[:, list(skeleton.H36M32_TO_17)].astype(np.float64)
+  subject = body.SUBJECTS[index % len(body.SUBJECTS)]
+  action = motion.ACTIONS[(7 * index + 3) % len(motion.ACTIONS)]
+  moves = motion.synthesize_sequence(subject, action, frames, seed=seed + _SEED_OFFSET,
+                                     frame_rate_hz=_FRAME_RATE_HZ)
+  pose = moves[:, list(skeleton.H36M32_TO_17)].astype(np.float64)
   centre = pose[:, 0, :2].mean(axis=0)
   pose[..., 0] -= centre[0]
   pose[..., 1] += range_m - centre[1]
@@ -194,7 +192,7 @@ def smplx_joints(pose: np.ndarray) -> np.ndarray:
   """The 55 SMPL-X joints of a Human3.6M-order pose `[..., 17, 3]` (module docstring)."""
   mirrored = pose[..., list(skeleton.H36M_MIRROR), :]  # the real labels list the left side first
   out = np.zeros(pose.shape[:-2] + (NUM_SMPLX_JOINTS, 3), pose.dtype)
-  out[..., list(SMPLX_SELECTED), :] = mirrored
+  out[..., list(mmbody.SMPLX_TO_H36M), :] = mirrored
   for joint, source in _SMPLX_FILL.items():
     out[..., joint, :] = out[..., source, :]
   return out
@@ -216,11 +214,6 @@ def _mmbody_sequence(folder: pathlib.Path, pose: np.ndarray, scene: str,
     mesh = folder / "mesh" / f"frame_{k}.npz"
     mesh.parent.mkdir(parents=True, exist_ok=True)
     np.savez(mesh, joints=smplx_joints(pose[k]).astype(np.float32))
-
-
-def _mmfi_scene(subject: str) -> str:
-  number = int(subject[1:])
-  return f"E{(number - 1) // 10 + 1:02d}"
 
 
 def _mmfi_sequence(folder: pathlib.Path, pose: np.ndarray, rng: np.random.Generator) -> None:
@@ -276,13 +269,13 @@ def generate(out_dir, *, layout: str = "mmbody", frames_per_sequence: int = DEFA
     for sequence in range(train_sequences):
       pose = skeleton_motion(sequence, frames, seed, _MMBODY_RANGE_M)
       _mmbody_sequence(staging / "train" / f"sequence_{sequence}", pose,
-                       ("lab1", "lab2")[sequence % 2], _rng(seed, 0, sequence))
+                       ("lab1", "lab2")[sequence % 2], body.rng(seed, 0, sequence))
     for scene in test_scenes:
       # Numbered by the scene, so a subset of scenes reproduces the full set's sequences.
       number = 100 + MMBODY_TEST_SCENES.index(scene)
       pose = skeleton_motion(number, frames, seed, _MMBODY_RANGE_M)
       _mmbody_sequence(staging / "test" / scene / f"sequence_{number}", pose, scene,
-                       _rng(seed, 1, number))
+                       body.rng(seed, 1, number))
   else:
     for subject in subjects:
       if not (len(subject) == 3 and subject[0] == "S" and 1 <= int(subject[1:]) <= 40):
@@ -292,8 +285,8 @@ def generate(out_dir, *, layout: str = "mmbody", frames_per_sequence: int = DEFA
           raise ValueError(f"mm-Fi actions are A01..A27, got {action!r}")
         i, j = int(subject[1:]), int(action[1:])
         pose = skeleton_motion(27 * i + j, frames, seed, _MMFI_RANGE_M)
-        _mmfi_sequence(staging / _mmfi_scene(subject) / subject / action, pose,
-                       _rng(seed, 2, i, j))
+        _mmfi_sequence(staging / mmfi.environment(subject) / subject / action, pose,
+                       body.rng(seed, 2, i, j))
   info = {"layout": layout, "frames_per_sequence": frames, "seed": seed}
   (staging / MARKER).write_text(json.dumps(info, indent=2) + "\n")
   for entry in sorted(staging.iterdir(), key=lambda p: p.name == MARKER):
