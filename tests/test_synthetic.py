@@ -1,6 +1,8 @@
 """Tests for the synthetic Human3.6M-layout data generator."""
 
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -257,3 +259,13 @@ def test_command_line(tmp_path, capsys):
   assert len(capsys.readouterr().out.splitlines()) == 5
   pose = safe_load.load_pickled_npz(tmp_path / "data_3d_h36m.npz")["positions_3d"]["S11"]
   assert pose["Walking"].shape == (2, 32, 3)
+
+
+@pytest.mark.parametrize("module", ["posediff_jax.data.synthetic", "posediff_jax.data.synthetic_3dhp",
+                                    "posediff_jax.data.synthetic_radar"])
+def test_documented_commands_start_their_generator(module):
+  # README's commands: each module path must still run its writer's command line.
+  proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO_ROOT,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert f"python -m {module}" in proc.stdout and "--out" in proc.stdout
