@@ -57,8 +57,8 @@ def stage_data(config, stage: str, params, train, test, *, progress: bool = True
   outputs, computed here with `params`); the splits themselves for other layouts."""
   if layout(config) != "radar":
     return train, test
-  from posediff_jax import radar_evaluation  # pylint: disable=g-import-not-at-top
-  return radar_evaluation.prepare_stage(config, stage, params, train, test, progress=progress)
+  from posediff_jax import radar_phase1  # pylint: disable=g-import-not-at-top
+  return radar_phase1.prepare_stage(config, stage, params, train, test, progress=progress)
 
 
 def joint_symmetry(config) -> tuple[tuple[int, ...], tuple[int, ...], int]:

@@ -17,7 +17,7 @@ from posediff_jax import checkpoint
 from posediff_jax import datasets
 from posediff_jax import evaluation
 from posediff_jax import metrics
-from posediff_jax import radar_evaluation
+from posediff_jax import radar_phase1
 from posediff_jax import training
 from posediff_jax.convert import common
 from posediff_jax.convert import mmdiff as convert_mmdiff
@@ -190,7 +190,7 @@ def test_encode_split_runs_phase_one_over_every_frame_in_order(config, monkeypat
   monkeypatch.setattr(mmdiff, "encode", _fake_encode)
   split = datasets.load_split(config, "test")
   offset = np.arange(3, dtype=np.float32)
-  encoded = radar_evaluation.encode_split(config, {"offset": offset}, split, progress=False)
+  encoded = radar_phase1.encode_split(config, {"offset": offset}, split, progress=False)
   assert encoded.has_phase1 and len(encoded.coarse) == len(split)
   rows = np.arange(len(split))
   expected = split.radar(rows)[:, 0, :17, :3] + offset

@@ -44,7 +44,7 @@ def denoiser_batch(split: radar.RadarSplit, rows: np.ndarray, history: np.ndarra
   """
   if not split.has_phase1:
     raise ValueError(f"{split.name} has no phase-1 outputs yet; run the encoder first "
-                     "(radar_evaluation.encode_split)")
+                     "(radar_phase1.encode_split)")
   rows = np.asarray(rows, np.int64)
   past = split.coarse[history[rows]]  # [B, P, 17, 3]
   frames = np.concatenate([past, split.coarse[rows][:, None]], axis=1)
@@ -138,7 +138,7 @@ def eval_batches(split: radar.RadarSplit, batch_size: int, *, stage: str,
     raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
   if stage == "denoiser" and not split.has_phase1:
     raise ValueError(f"{split.name} has no phase-1 outputs; run the encoder over it first "
-                     "(radar_evaluation.encode_split)")
+                     "(radar_phase1.encode_split)")
   if batch_size <= 0 or batch_size % shard_count:
     raise ValueError(f"eval batch_size={batch_size} must be > 0 and divisible by "
                      f"shard_count={shard_count}")

@@ -5,8 +5,8 @@ coarse 17-joint pose and per-joint features; upstream caches them. Phase 2 refin
 coarse pose with the denoiser of `models.mmdiff`, conditioned on those features, the radar points
 around each joint, the past coarse poses and the predicted limb lengths. Training runs the stages
 in order (`STAGES`): the encoder (HEAD `phase1_train`: MSE on the root-relative joints), then,
-with the encoder frozen, the denoiser on its outputs (`data.radar` and `radar_evaluation` run it
-over the splits). Reading upstream's phase-2 cache (`data.source='cache'`) needs no encoder.
+with the encoder frozen, the denoiser on its outputs (`radar_phase1` runs it over the splits).
+Reading upstream's phase-2 cache (`data.source='cache'`) needs no encoder.
 
 Evaluation (spec §3): the root-relative coarse pose is taken as the state at the largest sampler
 step (t = 24 of 51, no noise added) and deterministic DDIM runs 3 steps down to t = -1; the result

@@ -1,30 +1,32 @@
-"""Evaluation over a test set: upstream batch order, data-parallel jitted calls, per-action table.
+"""Evaluation over a test set: one entry (`evaluate`, `run`) for every data layout.
 
-Every process walks the same global batches; each feeds its own rows, the batch is split over the
-mesh's `data` axis, and the per-frame errors come back to every process, which all fill the same
-table (only process 0 prints it). Clip families (D3DP and its descendants) are evaluated by
-`video_evaluation`, radar data (mmDiff) by `radar_evaluation`.
+The data layout (`datasets.layout`) picks the module that does the work, each in upstream's batch
+order with data-parallel jitted calls, every process filling the same table (only process 0
+prints it):
+
+- `frames`: the frame families (DiffPose, ICASSP'24), a per-action table;
+- `clips`: the clip families (D3DP, FinePOSE, DSGDiffu), every hypothesis and DDIM step, the four
+  aggregations, Human3.6M tables or the MPI-INF-3DHP metrics;
+- `radar`: mmDiff on radar data, per scene, refined against coarse pose.
+
+`run` is `evaluate.py`: a checkpoint in, the table printed and saved.
 """
 
 import copy
-import functools
 import json
 import pathlib
 import sys
 from typing import Any
 
 import jax
-import numpy as np
 
 from posediff_jax import checkpoint
 from posediff_jax import config_checks
 from posediff_jax import datasets
 from posediff_jax import families
-from posediff_jax import metrics
-from posediff_jax import sharding
-from posediff_jax import summary
-from posediff_jax.data import frame_pipeline
-from posediff_jax.data import h36m
+from posediff_jax.evaluation import clips
+from posediff_jax.evaluation import frames
+from posediff_jax.evaluation import radar
 
 # Kept here too: the data layout is `datasets`' business, but callers used to find these here.
 data_paths = datasets.data_paths
@@ -45,23 +47,16 @@ def training_eval_config(config):
 
 def make_predict_fn(config, mesh=None):
   """The jitted batch function `evaluate` calls: for frame families `(params, input_2d [B, 17, 2],
-  key) -> [B, 17, 3]`; for clip families `video_evaluation.make_predict_fn`'s.
+  key) -> [B, 17, 3]` (`frames.make_predict_fn`); for clip and radar data `clips`' and `radar`'s.
 
   `mesh` is where results are laid out (clip and radar families); None = `config.mesh` over this
   process's devices. `posediff_jax.plan` passes a TPU topology's mesh.
   """
   if datasets.layout(config) == "clips":
-    from posediff_jax import video_evaluation  # pylint: disable=g-import-not-at-top
-    return video_evaluation.make_predict_fn(config, mesh=mesh)
+    return clips.make_predict_fn(config, mesh=mesh)
   if datasets.layout(config) == "radar":
-    from posediff_jax import radar_evaluation  # pylint: disable=g-import-not-at-top
-    return radar_evaluation.make_predict_fn(config, mesh=mesh)
-  family = families.get(config.family)
-  return jax.jit(functools.partial(family.predict, config))
-
-
-def _errors(pred, target):
-  return metrics.mpjpe(pred, target), metrics.p_mpjpe(pred, target)
+    return radar.make_predict_fn(config, mesh=mesh)
+  return frames.make_predict_fn(config)
 
 
 def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = True,
@@ -78,43 +73,12 @@ def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = Tru
       one compiles again.
 
   Returns:
-    The filled table: `metrics.ActionErrorTable` for frames; for clips, `video_evaluation`'s; for
-    radar data, `radar_evaluation.RadarEvaluation` (per scene).
+    The filled table: `metrics.ActionErrorTable` for frames; for clips, `clips.ClipEvaluation`;
+    for radar data, `radar.RadarEvaluation` (per scene).
   """
-  if datasets.layout(config) == "clips":
-    from posediff_jax import video_evaluation  # pylint: disable=g-import-not-at-top
-    return video_evaluation.evaluate(config, params, data, max_batches=max_batches,
-                                     progress=progress, predict_fn=predict_fn)
-  if datasets.layout(config) == "radar":
-    from posediff_jax import radar_evaluation  # pylint: disable=g-import-not-at-top
-    return radar_evaluation.evaluate(config, params, data, max_batches=max_batches,
-                                     progress=progress, predict_fn=predict_fn)
-  frames: h36m.FrameSet = data
-  mesh = sharding.make_mesh(config.get("mesh"))
-  batch_size = config.eval.batch_size
-  sharding.check_divisible(batch_size, mesh, "eval.batch_size")
-  rows = sharding.process_slice(batch_size)
-  by_batch, repl = sharding.by_batch(mesh), sharding.replicated(mesh)
-  params = jax.device_put(params, repl)
-  predict = predict_fn or make_predict_fn(config)
-  errors = jax.jit(_errors, out_shardings=(repl, repl))
-  table = metrics.ActionErrorTable(upstream_p2_batch_mean=config.eval.upstream_p2_batch_mean)
-  batches, num_batches = frame_pipeline.eval_batches(frames, batch_size)
-  if max_batches > 0:
-    num_batches = min(num_batches, max_batches)
-  bar = summary.ProgressBar(num_batches, "evaluate", enabled=progress)
-  key = jax.random.key(config.seed)
-  for i, batch in enumerate(batches):
-    if i >= num_batches:
-      break
-    inputs = sharding.global_batch({k: batch[k][rows] for k in ("input_2d", "target_3d")},
-                                   by_batch)
-    pred = predict(params, inputs["input_2d"], jax.random.fold_in(key, i))
-    p1, p2 = errors(pred, inputs["target_3d"])
-    table.update(np.asarray(p1), np.asarray(p2), batch["action"], batch["valid"])
-    bar.update(1)
-  bar.close()
-  return table
+  module = {"clips": clips, "radar": radar}.get(datasets.layout(config), frames)
+  return module.evaluate(config, params, data, max_batches=max_batches, progress=progress,
+                         predict_fn=predict_fn)
 
 
 def _as_json(value):
