@@ -36,7 +36,12 @@ PAPER = {
 }
 TOPOLOGIES = ("v5litepod-8", "v5p-8", "v5p-64", "v5p-256")
 # Extra cells: the same family with overrides (what the planner's numbers asked for), named.
-VARIANTS: dict[str, tuple[str, dict[str, object]]] = {}
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    # FinePOSE's sampler as it was before configs/finepose_h36m.py set eval.chunk_size = 80: all
+    # 160 rows of a call in one pass, 22 GiB of activations on a 16 GiB v5e chip.
+    "finepose+all-rows": ("`--config.eval.chunk_size=0` (every denoiser row at once: before the "
+                          "planner's fix)", {"eval.chunk_size": 0}),
+}
 
 
 def _chips(topology: str) -> int:

@@ -79,6 +79,10 @@ def get_config(arg=None):
   # On CPU each denoiser pass takes this many of a call's clip-hypothesis rows (cache-sized
   # matmuls, ~1.2-1.4x faster per row than 4 at once); 0 = all rows. Other backends: all rows.
   c.eval.cpu_chunk_size = 1
+  # GPUs/TPUs: rows per denoiser pass when a call's rows do not fit the device at once; 0 = all.
+  # Same results. D3DP's 40 rows (4 clips x 5 hypotheses x 2 flips) need 8.8 GiB on a v5e chip
+  # (python -m posediff_jax.plan), so all at once.
+  c.eval.chunk_size = 0
   c.eval.use_ema = False
 
   c.train = ml_collections.ConfigDict()

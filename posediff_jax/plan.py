@@ -356,8 +356,8 @@ def _parse_size(number: str, unit: str) -> int:
 def refused_plan(name: str, lowered, error: Exception, per_chip_batch: str,
                  parts: dict[str, int]) -> ProgramPlan:
   """What is known of a program XLA would not compile because it needs more HBM than the chip
-  has: the size XLA reports (temporaries, or all it tried to place), FLOPs of the unpartitioned
-  program divided over nothing (the lowered program's own estimate)."""
+  has: the arguments, the size XLA reports (temporaries, or all it tried to place) and the
+  lowered (not yet partitioned or optimised) program's FLOPs where XLA gives them."""
   text = str(error)
   first = next((line.strip() for line in text.splitlines() if line.strip()), text)
   temp = 0
@@ -632,6 +632,9 @@ def misfit_message(p: Plan, config) -> str | None:
                      "activations in the backward pass)")
     else:
       fixes.append(f"a smaller --config.eval.batch_size (now {config.eval.batch_size})")
+      if "chunk_size" in config.eval:
+        fixes.append("fewer denoiser rows at a time (--config.eval.chunk_size, now "
+                     f"{config.eval.chunk_size or 'all'}; same results)")
       if "num_hypotheses" in config.get("sampling", {}):
         fixes.append(f"fewer hypotheses per call (--config.sampling.num_hypotheses, now "
                      f"{config.sampling.num_hypotheses})")

@@ -189,3 +189,23 @@ def test_remat_gives_the_same_step():
   # After the AdamW step: a near-zero gradient's direction g / (|g| + eps) magnifies rounding, so
   # compare against the largest parameter (the parity tests' measure).
   jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-5), remat_after, plain_after)
+
+
+def test_eval_chunk_size_gives_the_same_samples():
+  """`eval.chunk_size` (the planner's fix for FinePOSE's sampler on a v5e chip) runs a call's
+  denoiser rows a few at a time on accelerators; traced as a GPU/TPU would, it gives the same
+  poses as all rows at once."""
+  from posediff_jax import families  # pylint: disable=g-import-not-at-top
+
+  outputs = []
+  for chunk in (0, 3):
+    config = tiny_run.tiny_family_config("finepose", "unused", {"eval.chunk_size": chunk})
+    family = families.get("finepose")
+    params = family.init_params(config, jax.random.key(0))
+    shape = (2, config.model.num_frames, config.model.num_joints, 2)
+    input_2d = np.random.default_rng(0).normal(size=shape).astype(np.float32) * 0.3
+    sample = jax.jit(lambda p, x, k, c=config: family.sample(
+        c, p, x, k, action_index=np.array([0, 1], np.int32)))
+    with plan.traced_for("gpu"):  # eval.cpu_chunk_size would decide on the CPU
+      outputs.append(np.asarray(sample(params, input_2d, jax.random.key(1))))
+  assert_close(outputs[1], outputs[0], rtol=1e-5, what="chunked vs one pass")
