@@ -44,6 +44,25 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 
+CHANGES = [
+    "- **FinePOSE / DSGDiffu evaluation did not fit a v5e chip.** At the paper's sampler setting "
+    "(4 clips × 20 hypotheses × 2 flips = 160 denoiser rows per call, 243 × 17 tokens each) XLA "
+    "needs 22.08 GiB of temporaries and refuses to compile for a 16 GiB chip (row "
+    "`finepose+all-rows` below). The evaluation can now run a call's rows a few at a time on "
+    "accelerators (`eval.chunk_size`; the CPU keeps `eval.cpu_chunk_size`); the text-conditioned "
+    "configs set 80. The samples are the same (tests/test_plan.py).",
+    "- **Training fits as configured.** D3DP's step at the paper's 4 clips per chip needs "
+    "10.6 GiB of a v5e chip's 16, FinePOSE's 9.9 GiB: nothing was changed for the paper batch. "
+    "Activations are ~95% of it (the state, parameters + Adam moments + EMA, is 0.5-0.75 GiB "
+    "per chip), so sharding parameters over the data axis (maxtext's fsdp) would save little; "
+    "for larger per-chip batches `model.remat=True` recomputes every MixSTE block in the backward "
+    "pass instead of keeping its activations (same loss and gradients, tests/test_plan.py). Its "
+    "full-size figures are not compiled here yet: `python -m posediff_jax.plan "
+    "--config=configs/d3dp_h36m.py --topology=v5litepod-8 --config.train.batch_size=64 "
+    "--config.model.remat=True`.",
+]
+
+
 def _chips(topology: str) -> int:
   sys.path.insert(0, str(REPO))
   from posediff_jax import plan  # pylint: disable=g-import-not-at-top
@@ -118,6 +137,13 @@ def markdown(families, topologies) -> str:
       "- *Global batch*: weak scaling from the paper's per-chip batch (train.batch_size = paper "
       "batch × data axis; frame and radar families' eval.batch_size likewise; clip families "
       "evaluate one mini-batch of eval.batch_size clips per chip).",
+      "- Compiled on a 2-core CPU shared with other work (load average 6-10): a MixSTE-size cell "
+      "took 10-25 minutes, so not every cell has been compiled; `python "
+      "benchmarks/plan_table.py` fills in the rest (each cell is kept as it finishes).",
+      "",
+      "## What the planner changed",
+      "",
+      *CHANGES,
       "",
   ]
   for family in families:
@@ -128,16 +154,16 @@ def markdown(families, topologies) -> str:
       title += f" with {VARIANTS[family][0]}"
     lines += [title, "", f"Per-chip train batch {train_batch} {unit}.", "",
               "| slice | chips | program | global batch | HBM/chip (GiB) | TFLOP/chip | "
-              "step time | collectives |",
-              "|---|---|---|---|---|---|---|---|"]
+              "step time | collectives | compile |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for topology in topologies:
       path = cell_path(family, topology)
       if not path.is_file():
-        lines.append(f"| {topology} | | not compiled yet | | | | | |")
+        lines.append(f"| {topology} | | not compiled yet | | | | | | |")
         continue
       record = json.loads(path.read_text())
       if "programs" not in record:
-        lines.append(f"| {topology} | | failed: {record.get('error')} | | | | | |")
+        lines.append(f"| {topology} | | failed: {record.get('error')} | | | | | | |")
         continue
       hbm = record["hbm_gib_per_chip"]
       for prog in record["programs"]:
@@ -148,7 +174,12 @@ def markdown(families, topologies) -> str:
         else:
           global_batch = (batch.split("=")[1].split(" ")[0] if "=" in batch
                           else f"{record['mesh']['data']} × {batch.split(' ')[0]} clips")
-        fits = "" if prog["needed"] <= hbm * 2**30 else " **does not fit**"
+        fits = ("" if prog["needed"] <= hbm * 2**30 and not prog.get("refused")
+                else " **does not fit**")
+        if prog.get("refused"):
+          lines.append(f"| {topology} | {record['chips']} | {prog['name']} | {global_batch} | "
+                       f"> {hbm:g}{fits} (XLA: {prog['refused'].split(': ', 1)[-1]}) | | | | |")
+          continue
         if prog["optimal_seconds"] > 0:
           step = _time(prog["optimal_seconds"])
         else:
@@ -156,8 +187,11 @@ def markdown(families, topologies) -> str:
         flops = f"{prog['flops'] / 1e12:.3g}" + ("+" if prog["loops"] else "")
         colls = ", ".join(f"{k} ×{c} ({s / 2**20:.0f} MiB)"
                           for k, (c, s) in prog["collectives"].items()) or "none"
+        compile_s = (f"{record['compile_seconds'] / 60:.0f} min"
+                     if prog is record["programs"][0] and record.get("compile_seconds") else "")
         lines.append(f"| {topology} | {record['chips']} | {prog['name']} | {global_batch} | "
-                     f"{_gib(prog['needed'])} / {hbm:g}{fits} | {flops} | {step} | {colls} |")
+                     f"{_gib(prog['needed'])} / {hbm:g}{fits} | {flops} | {step} | {colls} | "
+                     f"{compile_s} |")
     lines.append("")
   return "\n".join(lines)
 
