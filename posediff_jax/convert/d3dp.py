@@ -47,10 +47,6 @@ _BLOCK_PARTS = (
 )
 
 
-
-
-
-
 RULES = (
     *common.linear_rules("Spatial_patch_to_embedding", "joint_embed"),
     common.Rule(r"Spatial_pos_embed", "spatial_pos_embed"),

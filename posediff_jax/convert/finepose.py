@@ -43,10 +43,6 @@ OPENAI_VIT_B32_URL = (
     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt")
 
 
-
-
-
-
 def _gat(torch_name: str, flax_name: str) -> tuple[common.Rule, ...]:
   return (common.Rule(re.escape(torch_name) + r"\.lin\.weight", flax_name + "/lin/kernel",
                       common.LINEAR_WEIGHT),

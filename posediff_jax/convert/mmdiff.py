@@ -230,15 +230,20 @@ def convert_denoiser(state_dict: Mapping[str, np.ndarray], model_cfg, *, config_
   return common.map_state_dict(sd, rules, template, unused=unused, source=source)
 
 
-def params_template(model: mmdiff_models.MultiConditionDenoiser) -> dict[str, Any]:
-  """The model's `params` shapes (no computation), for a batch of one and a 2 x 64-point radar."""
+def denoiser_example_inputs(model: mmdiff_models.MultiConditionDenoiser) -> tuple:
+  """Inputs `model.init` can build the parameters from: (state, t, features, radar or None) for a
+  batch of one, the radar 2 frames of max(local_points, 64) points (no size of them is a
+  parameter's)."""
   radar = (jnp.zeros((1, 2, max(model.local_points, 64), model.radar_channels), jnp.float32)
            if model.uses_radar else None)
-  shapes = jax.eval_shape(
-      model.init, jax.random.PRNGKey(0),
-      jnp.zeros((1, model.num_joints, model.state_channels), jnp.float32),
-      jnp.zeros((1,), jnp.float32),
-      jnp.zeros((1, model.num_joints, model.feature_size), jnp.float32), radar)
+  return (jnp.zeros((1, model.num_joints, model.state_channels), jnp.float32),
+          jnp.zeros((1,), jnp.float32),
+          jnp.zeros((1, model.num_joints, model.feature_size), jnp.float32), radar)
+
+
+def params_template(model: mmdiff_models.MultiConditionDenoiser) -> dict[str, Any]:
+  """The model's `params` shapes (no computation), for `denoiser_example_inputs`."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), *denoiser_example_inputs(model))
   return shapes["params"]
 
 
@@ -313,7 +318,6 @@ _P4TRANSFORMER_RULES = _TRANSFORMER_RULES + (
 # Built upstream, never run by P4Transformer_feat's forward.
 _P4TRANSFORMER_UNUSED = (r"mlp_head\.\d+\.(weight|bias)",
                          r"var_prediction_heads\.\d+\.(weight|bias)")
-
 
 
 def _point_block_rules(torch_prefix: str, flax_prefix: str) -> tuple[common.Rule, ...]:

@@ -139,12 +139,7 @@ def init_params(config, key) -> dict:
   """Fresh parameters {'denoiser': ...} and, on raw data, {'encoder': {'params', ...}} (PyTorch's
   default initialisers)."""
   model = denoiser_module(config)
-  radar = (jnp.zeros((1, 2, max(model.local_points, 64), model.radar_channels), jnp.float32)
-           if model.uses_radar else None)
-  variables = model.init(
-      key, jnp.zeros((1, model.num_joints, model.state_channels), jnp.float32),
-      jnp.zeros((1,), jnp.float32),
-      jnp.zeros((1, model.num_joints, model.feature_size), jnp.float32), radar)
+  variables = model.init(key, *convert_mmdiff.denoiser_example_inputs(model))
   params = {"denoiser": variables["params"]}
   if needs_encoder(config):
     params["encoder"] = init_encoder(config, jax.random.fold_in(key, 1))
@@ -160,17 +155,8 @@ def betas(config) -> np.ndarray:
   return schedules.linear_betas(c.beta_start, c.beta_end, c.num_steps)
 
 
-def sampler_timesteps(config) -> tuple[int, ...]:
-  """Upstream `seq` for the uniform skip: range(0, T_test, T_test // steps), e.g. (0, 12, 24)."""
-  c = config.sampling
-  if c.num_steps < 1 or c.timestep_range < c.num_steps:
-    raise ValueError(f"sampling.timestep_range ({c.timestep_range}) must be >= sampling.num_steps "
-                     f"({c.num_steps}) >= 1")
-  seq = tuple(range(0, c.timestep_range, c.timestep_range // c.num_steps))
-  if seq[-1] >= config.diffusion.num_steps:
-    raise ValueError(f"sampler step {seq[-1]} is outside the {config.diffusion.num_steps}-step "
-                     "schedule")
-  return seq
+# Upstream's `seq` is DiffPose's uniform skip, range(0, T_test, T_test // steps): (0, 12, 24) here.
+sampler_timesteps = diffpose.sampler_timesteps
 
 
 def root_relative_frames(x_history: jax.Array) -> jax.Array:
