@@ -37,6 +37,15 @@ def parity_dir(family: str) -> pathlib.Path:
 RTOL = 1e-5
 
 
+def with_overrides(config, *overrides: dict):
+  """`config` with each `"section.field": value` of `overrides` set, as `--config.section.field`
+  flags set it (a later dict wins); returns `config`."""
+  for dotted, value in {k: v for changes in overrides for k, v in changes.items()}.items():
+    section, field = dotted.split(".")
+    config[section][field] = value
+  return config
+
+
 def assert_close(actual, expected, rtol=RTOL, what=""):
   """Max abs error relative to the largest reference magnitude (the fixtures' tolerance)."""
   actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
@@ -61,6 +70,19 @@ def io(root):
 @pytest.fixture(scope="module")
 def fixture_json(root):
   return json.loads((root / "config.json").read_text())
+
+
+# --- reader tests: a pickle that must never be unpickled -----------------------------------------
+
+
+class RunsCode:
+  """Unpickling this would run a shell command that creates `marker`; readers must refuse it."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
 
 
 # --- converter tests: checkpoints, the spec's key lists, the size checks -------------------------

@@ -6,7 +6,6 @@ stderr that names what is wrong, never a traceback.
 """
 
 import json
-import os
 import re
 import shutil
 
@@ -17,21 +16,11 @@ from posediff_jax import checkpoint
 from posediff_jax.data import h36m
 from tests import tiny_run
 from tests import torch_format
-from tests.conftest import parity_dir
+from tests.conftest import RunsCode, parity_dir
 
 pytestmark = pytest.mark.slow
 
 _ROW = re.compile(r"^(\w+)\s+(\d+\.\d\d)\s+(\d+\.\d\d)$")
-
-
-class _RunsCode:
-  """Unpickling this would run a shell command."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +201,7 @@ def test_train_with_a_batch_the_devices_cannot_split_fails_with_one_line(data, c
 def test_convert_a_checkpoint_that_runs_code_fails_with_one_line(cache, tmp_path):
   marker = tmp_path / "pwned"
   evil = tmp_path / "evil.pth"
-  torch_format.save_raw_pickle({"model": _RunsCode(marker)}, evil)
+  torch_format.save_raw_pickle({"model": RunsCode(marker)}, evil)
   proc = tiny_run.python(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
                           str(evil), "--lifter", str(evil), "--output", str(tmp_path / "out")],
                          cache_dir=cache, check=False)

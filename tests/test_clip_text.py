@@ -1,6 +1,5 @@
 """Flax CLIP text tower, torch-free TorchScript reader, FinePOSE/DSGDiffu prompt assembly."""
 
-import os
 import pickle
 import struct
 import zipfile
@@ -16,7 +15,7 @@ from posediff_jax.convert import common
 from posediff_jax.models import clip_text
 from posediff_jax.models import prompts
 from tests import torch_format
-from tests.conftest import parity_dir
+from tests.conftest import RunsCode, parity_dir
 
 TINY = dict(vocab_size=50, context_length=9, width=16, num_layers=2, num_heads=2)
 
@@ -329,22 +328,13 @@ def test_openai_torchscript_archive_loads_and_runs(tmp_path):
                              _numpy_clip(sd, prompt, TINY["num_heads"]), atol=2e-5, rtol=1e-5)
 
 
-class _RunsCode:
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (os.system, (f"touch {self.marker}",))
-
-
 def test_torchscript_reader_refuses_what_it_must(tmp_path):
   sd = _random_clip_state_dict(np.random.default_rng(3), **TINY)
   root = _openai_layout(sd)
   # A code-running global inside the module tree of a TorchScript archive.
   marker = tmp_path / "pwned"
   evil = tmp_path / "evil.pt"
-  _write_torchscript(root, evil, data_pkl=pickle.dumps({"visual": _RunsCode(marker)}, protocol=2))
+  _write_torchscript(root, evil, data_pkl=pickle.dumps({"visual": RunsCode(marker)}, protocol=2))
   with pytest.raises(safe_load.UnsafePickleError, match=r"evil\.pt.*system"):
     convert_clip.load_openai_clip(evil)
   assert not marker.exists()

@@ -4,8 +4,6 @@ The network is checked against the spec's wiring rebuilt from its parts, and by 
 pipeline against separate sampler runs; the data options against brute force on small files.
 """
 
-import os
-
 import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
@@ -24,6 +22,7 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.families import icassp
 from posediff_jax.models import icassp as models
 from posediff_jax.models import layers
+from tests.conftest import RunsCode, assert_close
 # Params as shapes, and random params near a trained model's (`A_hat` near I, gains near 1).
 from tests.test_models_diffpose import _random_tree, _template
 
@@ -34,14 +33,6 @@ TINY = dict(SMALL, num_layers=1)
 
 def _rng(seed=0):
   return np.random.default_rng(seed)
-
-
-def assert_close(actual, expected, rtol=1e-5, what=""):
-  """Max error relative to the largest expected magnitude (random weights give large values)."""
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-  err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-12)
-  assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
 
 
 def _count(tree) -> int:
@@ -468,20 +459,10 @@ def test_bad_prepared_files_are_clear_errors(tmp_path):
     h36m.load_prepared_2d(tmp_path / "missing_norm.npy")
 
 
-class _RunsCode:
-  """Unpickling this would run a shell command."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickled_npy_that_runs_code_is_refused(tmp_path):
   marker = tmp_path / "pwned"
   path = tmp_path / "evil_norm.npy"
-  np.save(path, np.array(_RunsCode(marker), dtype=object))
+  np.save(path, np.array(RunsCode(marker), dtype=object))
   with pytest.raises(safe_load.UnsafePickleError, match=r"evil_norm\.npy.*system"):
     safe_load.load_pickled_npy(path)
   assert not marker.exists()

@@ -30,13 +30,10 @@ from posediff_jax.diffusion import schedules
 from posediff_jax.families import diffpose
 from posediff_jax.models import diffpose as diffpose_models
 from posediff_jax.models import layers
-from tests.conftest import REPO_ROOT, assert_close, load_state_dict, parity_dir
-
-
-
-
+from tests.conftest import REPO_ROOT, assert_close, load_state_dict, parity_dir, with_overrides
 
 PARITY_FAMILY = "diffpose"  # the conftest fixtures root, io and fixture_json read it
+
 
 def config_overrides(root, fixture_json) -> dict[str, object]:
   """`--config.*` overrides that turn configs/diffpose_h36m.py into the fixture's setting."""
@@ -62,11 +59,8 @@ def config_overrides(root, fixture_json) -> dict[str, object]:
 
 
 def fixture_config(root, fixture_json, **extra):
-  config = diffpose_h36m.get_config("cpn")
-  for dotted, value in {**config_overrides(root, fixture_json), **extra}.items():
-    section, field = dotted.split(".")
-    config[section][field] = value
-  return config
+  return with_overrides(diffpose_h36m.get_config("cpn"), config_overrides(root, fixture_json),
+                        extra)
 
 
 @pytest.fixture(scope="module")

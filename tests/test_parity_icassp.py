@@ -33,7 +33,8 @@ from posediff_jax.families import diffpose
 from posediff_jax.families import icassp
 from posediff_jax.models import icassp as icassp_models
 from posediff_jax.models import layers
-from tests.conftest import REPO_ROOT, assert_close, load_state_dict, parity_dir, spec_key_list
+from tests.conftest import (REPO_ROOT, assert_close, load_state_dict, parity_dir, spec_key_list,
+                            with_overrides)
 # The DiffPose parity tests' helpers: relative-error check, table parser, CLI runner.
 from tests import tiny_run
 from tests.test_parity_diffpose import _run, _table_rows
@@ -42,8 +43,8 @@ from tests.test_parity_diffpose import _run, _table_rows
 # numpy differs from it by at most 1 ulp of the ~5 m coordinates (as for DiffPose).
 _CAMERA_ATOL = 2e-6
 
-
 PARITY_FAMILY = "icassp"  # the conftest fixtures root, io and fixture_json read it
+
 
 def config_overrides(root, fixture_json) -> dict[str, object]:
   """`--config.*` overrides that turn configs/icassp_h36m.py into the fixture's setting."""
@@ -70,11 +71,7 @@ def config_overrides(root, fixture_json) -> dict[str, object]:
 
 
 def fixture_config(root, fixture_json, **extra):
-  config = icassp_h36m.get_config("cpn")
-  for dotted, value in {**config_overrides(root, fixture_json), **extra}.items():
-    section, field = dotted.split(".")
-    config[section][field] = value
-  return config
+  return with_overrides(icassp_h36m.get_config("cpn"), config_overrides(root, fixture_json), extra)
 
 
 @pytest.fixture(scope="module")
@@ -435,7 +432,6 @@ def test_cli_rejects_a_diffpose_denoiser_given_as_icassp(root, tmp_path):
   assert "looks like a DiffPose denoiser (GCNdiff) checkpoint" in proc.stderr
   assert "expected an ICASSP'24 cross-channel denoiser" in proc.stderr
   assert not (tmp_path / "ckpt").exists()
-
 
 
 @pytest.mark.slow

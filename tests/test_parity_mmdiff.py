@@ -20,13 +20,10 @@ from posediff_jax.families import mmdiff
 from posediff_jax.models import layers
 from posediff_jax.models import mmdiff as models
 from tests import torch_format
-from tests.conftest import assert_close, parity_dir, spec_key_sections
-
-
-
-
+from tests.conftest import assert_close, parity_dir, spec_key_sections, with_overrides
 
 PARITY_FAMILY = "mmdiff"  # the conftest fixtures root, io and fixture_json read it
+
 
 def fixture_config(fixture_json, **extra):
   """configs/mmdiff_mmbody.py turned into the fixture's reduced setting."""
@@ -52,10 +49,7 @@ def fixture_config(fixture_json, **extra):
       "sampling.num_steps": test["test_timesteps"], "sampling.hypotheses": test["test_times"],
       "eval.cpu_chunk_size": 0,
   }
-  for dotted, value in {**overrides, **extra}.items():
-    section, field = dotted.split(".")
-    config[section][field] = value
-  return config
+  return with_overrides(config, overrides, extra)
 
 
 @pytest.fixture(scope="module")

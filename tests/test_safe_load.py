@@ -1,7 +1,6 @@
 """The restricted reader: torch zip checkpoints and pickled npz files, read without running code."""
 
 import collections
-import os
 import pathlib
 import pickle
 import zipfile
@@ -11,17 +10,7 @@ import pytest
 
 from posediff_jax import safe_load
 from tests import torch_format
-from tests.conftest import parity_dir
-
-
-class _RunsCode:
-  """Unpickling this would run a shell command."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (os.system, (f"touch {self.marker}",))
+from tests.conftest import RunsCode, parity_dir
 
 
 def test_torch_roundtrip_of_containers_and_tensors(tmp_path):
@@ -43,7 +32,7 @@ def test_torch_roundtrip_of_containers_and_tensors(tmp_path):
 def test_torch_pickle_that_runs_code_is_refused(tmp_path):
   marker = tmp_path / "pwned"
   path = tmp_path / "evil.pth"
-  torch_format.save_raw_pickle({"model": _RunsCode(marker)}, path)
+  torch_format.save_raw_pickle({"model": RunsCode(marker)}, path)
   with pytest.raises(safe_load.UnsafePickleError, match=r"evil\.pth.*system"):
     safe_load.load_torch_checkpoint(path)
   assert not marker.exists()
@@ -52,7 +41,7 @@ def test_torch_pickle_that_runs_code_is_refused(tmp_path):
 def test_npz_pickle_that_runs_code_is_refused(tmp_path):
   marker = tmp_path / "pwned"
   path = tmp_path / "evil.npz"
-  np.savez(path, positions_3d=np.array(_RunsCode(marker), dtype=object))
+  np.savez(path, positions_3d=np.array(RunsCode(marker), dtype=object))
   with pytest.raises(safe_load.UnsafePickleError, match=r"evil\.npz.*system"):
     safe_load.load_pickled_npz(path)
   assert not marker.exists()
