@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from posediff_jax import safe_load
+from posediff_jax.safe_load import reading
 
 SEED = 20240616
 CASES = {"pth_extents": 800, "pth_mutations": 600, "torchscript_mutations": 300,
@@ -428,7 +429,7 @@ def test_crafted_tensor_extents(tmp_path):
     what = f"pth_extents case {case} (seed {SEED}): {numel}-element record, {desc}"
     path.write_bytes(_zip(_torch_records(_dumps(dict(tensors)), {"0": record})))
     # The oracle: every tensor must be valid on its own storage, within the copy budget.
-    expected, budget = {}, safe_load._COPY_ALLOWANCE + safe_load._COPY_FACTOR * len(record)
+    expected, budget = {}, reading.COPY_ALLOWANCE + reading.COPY_FACTOR * len(record)
     first = tensors["w"]
     for key, spec in tensors.items():
       same_storage = (spec.storage == first.storage and spec.numel == first.numel)
