@@ -199,10 +199,7 @@ def train_dataset(sequences: Sequence[videos.VideoSequence], *, num_frames: int,
   Returns:
     A checkpointable `grain.IterDataset`.
   """
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be > 0, got {batch_size}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  pipeline.check_train_shard(batch_size, shard_index, shard_count)
   if num_epochs is not None and num_epochs <= 0:
     raise ValueError(f"num_epochs must be None or > 0, got {num_epochs}")
   clips = ClipSource(sequences, num_frames=num_frames, flip_augment=flip_augment, left=left,
@@ -288,8 +285,7 @@ def eval_batches(sequences: Sequence[videos.VideoSequence], num_frames: int, bat
   num_frames = _check_num_frames(num_frames)
   if batch_size <= 0:
     raise ValueError(f"eval batch_size must be > 0, got {batch_size}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  pipeline.check_shard_index(shard_index, shard_count)
   sequences = tuple(sequences)
   _check_joint_count(sequences)
   plan = [(video, first) for video, sequence in enumerate(sequences)

@@ -67,10 +67,7 @@ def train_dataset(frame_set: h36m.FrameSet, *, batch_size: int, seed: int, shard
   Returns:
     A `grain.IterDataset` of batch dicts (see the module docstring; no `valid`).
   """
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be > 0, got {batch_size}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  pipeline.check_train_shard(batch_size, shard_index, shard_count)
   if len(frame_set) < shard_count * batch_size:
     raise ValueError(f"{len(frame_set)} frames cannot fill one batch of {batch_size} on each of "
                      f"{shard_count} process(es)")
@@ -111,11 +108,7 @@ def eval_batches(frame_set: h36m.FrameSet, batch_size: int, *, shard_index: int 
   Returns:
     `(iterator of batch dicts with batch_size // shard_count rows, number of batches)`.
   """
-  if batch_size <= 0 or batch_size % shard_count:
-    raise ValueError(f"eval batch_size={batch_size} must be > 0 and divisible by "
-                     f"shard_count={shard_count}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  pipeline.check_eval_shard(batch_size, shard_index, shard_count)
   num_frames = len(frame_set)
   if num_frames == 0:
     raise ValueError("eval_batches: the frame set is empty")

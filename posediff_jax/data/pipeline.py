@@ -4,7 +4,8 @@ checkpointable grain stream.
 `ShuffledBatchIndices` is a random-access source whose element i is this process's share of
 training batch i (sample indices); the frame, clip and radar pipelines (`frame_pipeline`,
 `clip_pipeline`, `radar_pipeline`) subclass it to turn the indices into arrays, and
-`training_stream` makes the prefetched, checkpointable stream of it.
+`training_stream` makes the prefetched, checkpointable stream of it. The `check_*` functions are
+the batch-size and process-shard checks the pipelines make, with one wording.
 """
 
 import threading
@@ -117,6 +118,27 @@ def training_stream(dataset: grain.MapDataset, worker_count: int = 0) -> grain.I
   if worker_count > 0:
     stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return stream
+
+
+def check_train_shard(batch_size: int, shard_index: int, shard_count: int) -> None:
+  """A clear error for a training batch size or process shard no stream can have."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be > 0, got {batch_size}")
+  check_shard_index(shard_index, shard_count)
+
+
+def check_eval_shard(batch_size: int, shard_index: int, shard_count: int) -> None:
+  """A clear error for a global evaluation batch that the processes cannot split evenly."""
+  if batch_size <= 0 or batch_size % shard_count:
+    raise ValueError(f"eval batch_size={batch_size} must be > 0 and divisible by "
+                     f"shard_count={shard_count}")
+  check_shard_index(shard_index, shard_count)
+
+
+def check_shard_index(shard_index: int, shard_count: int) -> None:
+  """A clear error for a process index outside the job's processes."""
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
 
 
 def epoch_steps(num_samples: int, batch_size: int) -> int:

@@ -96,10 +96,7 @@ def train_dataset(split: radar.RadarSplit, settings: radar.RadarSettings, *, sta
   stage is mixed into the seed). Iterators support `get_state()` / `set_state()`.
   """
   check_stage(settings, stage)
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be > 0, got {batch_size}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  pipeline.check_train_shard(batch_size, shard_index, shard_count)
   if len(split) < batch_size * shard_count:
     raise ValueError(f"{split.name}: {len(split)} frames cannot fill one batch of {batch_size} on "
                      f"each of {shard_count} process(es)")
@@ -139,11 +136,7 @@ def eval_batches(split: radar.RadarSplit, batch_size: int, *, stage: str,
   if stage == "denoiser" and not split.has_phase1:
     raise ValueError(f"{split.name} has no phase-1 outputs; run the encoder over it first "
                      "(radar_phase1.encode_split)")
-  if batch_size <= 0 or batch_size % shard_count:
-    raise ValueError(f"eval batch_size={batch_size} must be > 0 and divisible by "
-                     f"shard_count={shard_count}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  pipeline.check_eval_shard(batch_size, shard_index, shard_count)
   n = len(split)
   num_batches = -(-n // batch_size)
   local = batch_size // shard_count
