@@ -50,9 +50,12 @@ CHANGES = [
     "needs 22.08 GiB of temporaries and refuses to compile for a 16 GiB chip (row "
     "`finepose+all-rows` below). The evaluation can now run a call's rows a few at a time on "
     "accelerators (`eval.chunk_size`; the CPU keeps `eval.cpu_chunk_size`); the text-conditioned "
-    "configs set 80. The samples are the same (tests/test_plan.py).",
+    "configs set 80, with which DSGDiffu's evaluation needs 14.8 GiB per chip (93% of a v5e chip; "
+    "`--config.eval.chunk_size=40` leaves more room). The samples are the same "
+    "(tests/test_plan.py).",
     "- **Training fits as configured.** D3DP's step at the paper's 4 clips per chip needs "
-    "10.6 GiB of a v5e chip's 16, FinePOSE's 9.9 GiB: nothing was changed for the paper batch. "
+    "10.6 GiB of a v5e chip's 16, FinePOSE's 9.9 GiB, DSGDiffu's 8.5 GiB, mmDiff's (128 frames) "
+    "2.8 GiB: nothing was changed for the paper batch. "
     "Activations are ~95% of it (the state, parameters + Adam moments + EMA, is 0.5-0.75 GiB "
     "per chip), so sharding parameters over the data axis (maxtext's fsdp) would save little; "
     "for larger per-chip batches `model.remat=True` recomputes every MixSTE block in the backward "
