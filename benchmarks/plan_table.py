@@ -50,7 +50,8 @@ CHANGES = [
     "needs 22.08 GiB of temporaries and refuses to compile for a 16 GiB chip (row "
     "`finepose+all-rows` below). The evaluation can now run a call's rows a few at a time on "
     "accelerators (`eval.chunk_size`; the CPU keeps `eval.cpu_chunk_size`); the text-conditioned "
-    "configs set 80, with which DSGDiffu's evaluation needs 14.8 GiB per chip (93% of a v5e chip; "
+    "configs set 80, with which FinePOSE's and DSGDiffu's evaluations need 14.8 GiB per chip "
+    "(93% of a v5e chip; "
     "`--config.eval.chunk_size=40` leaves more room). The samples are the same "
     "(tests/test_plan.py).",
     "- **Training fits as configured.** D3DP's step at the paper's 4 clips per chip needs "
