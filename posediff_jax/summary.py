@@ -231,6 +231,10 @@ class ProgressBar:
   Redraws at most every `min_interval_s` seconds (and at the end), so calling `update` every step is
   cheap. When the stream is not a terminal (a log file, CI), it prints plain lines at most every
   `log_interval_s` seconds instead. With `enabled=False` every method does nothing.
+
+  The rate and ETA are measured from the end of the first update on: the first batch or step
+  includes compiling, which would otherwise make the first estimates hours too long. Until a
+  second update they show as '?'.
   """
 
   def __init__(self, total: int, desc: str = "", *, enabled: bool = True, initial: int = 0,
@@ -244,18 +248,26 @@ class ProgressBar:
     self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
     self._min_interval_s = min_interval_s if self._tty else log_interval_s
     self._start = time.monotonic()
+    # (time, count) after the first update: where the rate is measured from (class docstring).
+    self._rate_start: tuple[float, int] | None = None
     self._last_draw = -math.inf
     self._width = 0
     self._closed = False
 
   def _line(self) -> str:
-    elapsed = time.monotonic() - self._start
-    done = self.count - self._initial
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = (self.total - self.count) / rate if rate > 0 else math.inf
+    now = time.monotonic()
+    elapsed = now - self._start
+    rate = math.nan
+    if self._rate_start is not None:
+      since, first = self._rate_start
+      if self.count > first and now > since:
+        rate = (self.count - first) / (now - since)
+    remaining = self.total - self.count
+    eta = 0.0 if remaining <= 0 else remaining / rate if rate > 0 else math.inf
     percent = 100.0 * self.count / self.total if self.total > 0 else 100.0
     prefix = f"{self.desc}: " if self.desc else ""
-    return (f"{prefix}{self.count}/{self.total} ({percent:5.1f}%) {rate:.2f} it/s "
+    shown_rate = f"{rate:.2f}" if math.isfinite(rate) else "?"
+    return (f"{prefix}{self.count}/{self.total} ({percent:5.1f}%) {shown_rate} it/s "
             f"elapsed {_format_seconds(elapsed)} eta {_format_seconds(eta)}")
 
   def _draw(self, force: bool = False) -> None:
@@ -278,6 +290,8 @@ class ProgressBar:
     if not self.enabled or self._closed:
       return
     self.count += n
+    if self._rate_start is None:
+      self._rate_start = (time.monotonic(), self.count)
     self._draw(force=self.count >= self.total)
 
   def write(self, message: str) -> None:

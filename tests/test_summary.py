@@ -223,3 +223,20 @@ def test_progress_bar_prints_plain_lines_when_not_a_terminal():
   lines = stream.getvalue().splitlines()
   assert "\r" not in stream.getvalue()
   assert len(lines) <= 3 and lines[-1].startswith("train: 1000/1000")
+
+
+def test_progress_bar_estimates_from_the_second_update_on(monkeypatch):
+  # The first batch took 100 s (compiling), the next ones 1 s each: the ETA must not count the
+  # compilation as the pace of the run.
+  clock = [0.0]
+  monkeypatch.setattr(summary.time, "monotonic", lambda: clock[0])
+  stream = _Terminal()
+  bar = summary.ProgressBar(11, "evaluate", stream=stream, min_interval_s=0.0)
+  clock[0] = 100.0
+  bar.update(1)
+  assert stream.getvalue().split("\r")[-1].startswith("evaluate: 1/11 (  9.1%) ? it/s")
+  assert "eta ?" in stream.getvalue()
+  clock[0] = 102.0
+  bar.update(2)
+  line = stream.getvalue().split("\r")[-1]
+  assert "1.00 it/s" in line and "elapsed 01:42" in line and "eta 00:08" in line, line
