@@ -125,8 +125,10 @@ class ActionErrorTable:
   own action; P2 sums, per-action means, the ×1000 and the 15-way average stay numpy float32.
   P1 (float64 sums) uses the float32 batch mean times n for a single-action batch, as upstream.
 
-  In both modes the "Average" row is the unweighted mean over all actions, an action without
-  samples counting as 0 (as upstream does).
+  The "Average" row is the unweighted mean over the evaluated actions (those with samples), as
+  D3DP's `run_evaluation` averages the actions it ran (`-a`, `--subjects-test`); the table lists
+  only those. `upstream_p2_batch_mean=True` prints DiffPose's fixed 15 rows instead, an action
+  without samples showing 0 and counting as 0 in the Average (its `test_hyber` divides by 15).
   """
 
   def __init__(self, upstream_p2_batch_mean: bool = False,
@@ -233,36 +235,48 @@ class ActionErrorTable:
         p2_mm.append(float(self._p2_sum[a]) / count * 1000.0)
     return p1_mm, p2_mm
 
+  def listed(self) -> list[int]:
+    """The table's rows (indices into `actions`): the evaluated actions, or all of them in
+    upstream mode (class docstring)."""
+    if self.upstream_p2_batch_mean:
+      return list(range(len(self.actions)))
+    return [a for a in range(len(self.actions)) if self._count[a]]
+
   def averages(self) -> tuple[float, float]:
-    """(P1, P2) in mm: the unweighted mean over all actions, empty ones counting as 0."""
+    """(P1, P2) in mm: the unweighted mean over the listed actions (class docstring); NaN when
+    no action has samples."""
     p1_mm, p2_mm = self.per_action_mm()
+    rows = self.listed()
+    if not rows:
+      return float("nan"), float("nan")
     # Sequential sums in upstream's order: P1 in Python floats, P2 in float32 in upstream mode.
     p1_total = 0.0
     p2_total = np.float32(0.0) if self.upstream_p2_batch_mean else 0.0
-    for p1, p2 in zip(p1_mm, p2_mm):
-      p1_total += p1
-      p2_total += p2
-    num = len(self.actions)
-    return float(p1_total / num), float(p2_total / num)
+    for a in rows:
+      p1_total += p1_mm[a]
+      p2_total += p2_mm[a]
+    return float(p1_total / len(rows)), float(p2_total / len(rows))
 
   def format_table(self) -> str:
     """The table exactly as upstream `print_error` prints it (no trailing newline)."""
     p1_mm, p2_mm = self.per_action_mm()
     lines = ["{0:=^12} {1:=^10} {2:=^8}".format("Action", "p#1 mm", "p#2 mm")]
-    for name, p1, p2 in zip(self.actions, p1_mm, p2_mm):
-      lines.append("{0:<12} ".format(name) + "{0:>6.2f} {1:>10.2f}".format(p1, p2))
+    for a in self.listed():
+      lines.append("{0:<12} ".format(self.actions[a]) + "{0:>6.2f} {1:>10.2f}".format(
+          p1_mm[a], p2_mm[a]))
     avg_p1, avg_p2 = self.averages()
     lines.append("{0:<12} {1:>6.2f} {2:>10.2f}".format("Average", avg_p1, avg_p2))
     return "\n".join(lines)
 
   def to_dict(self) -> dict[str, Any]:
-    """A JSON-ready summary: per-action P1/P2 (mm) and counts, averages, the mode used."""
+    """A JSON-ready summary: per-action P1/P2 (mm) and counts of the listed actions, averages,
+    the mode used."""
     p1_mm, p2_mm = self.per_action_mm()
     avg_p1, avg_p2 = self.averages()
     return {
         "mode": self.mode,
         "num_samples": int(self._count.sum()),
-        "actions": {name: {"p1_mm": float(p1), "p2_mm": float(p2), "count": int(c)}
-                    for name, p1, p2, c in zip(self.actions, p1_mm, p2_mm, self._count)},
+        "actions": {self.actions[a]: {"p1_mm": float(p1_mm[a]), "p2_mm": float(p2_mm[a]),
+                                      "count": int(self._count[a])} for a in self.listed()},
         "average": {"p1_mm": avg_p1, "p2_mm": avg_p2},
     }

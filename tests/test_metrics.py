@@ -168,12 +168,24 @@ def test_table_valid_mask_drops_padding():
   np.testing.assert_allclose([p1[EAT], p2[EAT]], [150.0, 20.0], rtol=1e-6)
 
 
-def test_table_empty_actions_count_as_zero_in_average():
-  for upstream in (False, True):
-    table = metrics.ActionErrorTable(upstream_p2_batch_mean=upstream)
-    table.update([0.15], [0.03], [WALK])
-    avg_p1, avg_p2 = table.averages()
-    np.testing.assert_allclose([avg_p1, avg_p2], [150.0 / 15, 30.0 / 15], rtol=1e-6)
+def test_table_averages_over_the_evaluated_actions():
+  # An action subset (data.actions, or a file holding a few actions): the Average is over the
+  # actions evaluated, as D3DP's run_evaluation averages, and only they are listed.
+  table = metrics.ActionErrorTable()
+  table.update([0.15, 0.05], [0.03, 0.01], [WALK, EAT])
+  np.testing.assert_allclose(table.averages(), [100.0, 20.0], rtol=1e-6)
+  lines = table.format_table().split("\n")
+  assert [line.split()[0] for line in lines[1:]] == ["Eating", "Walking", "Average"]
+  assert list(table.to_dict()["actions"]) == ["Eating", "Walking"]
+  assert all(np.isnan(metrics.ActionErrorTable().averages()))
+
+
+def test_upstream_table_counts_empty_actions_as_zero():
+  # DiffPose's printout: fixed 15 rows, the Average divided by 15.
+  table = metrics.ActionErrorTable(upstream_p2_batch_mean=True)
+  table.update([0.15], [0.03], [WALK])
+  np.testing.assert_allclose(table.averages(), [150.0 / 15, 30.0 / 15], rtol=1e-6)
+  assert len(table.to_dict()["actions"]) == 15
 
 
 def test_table_format_matches_upstream_layout():
@@ -195,10 +207,10 @@ def test_table_to_dict():
   table.update([0.1, 0.2], [0.05, 0.07], [DIR, EAT])
   out = table.to_dict()
   assert out["mode"] == "per_sample" and out["num_samples"] == 2
-  assert list(out["actions"]) == list(metrics.H36M_ACTIONS)
+  assert list(out["actions"]) == ["Directions", "Eating"]
   assert out["actions"]["Eating"] == {"p1_mm": pytest.approx(200.0), "p2_mm": pytest.approx(70.0),
                                       "count": 1}
-  assert out["average"]["p1_mm"] == pytest.approx(300.0 / 15)
+  assert out["average"]["p1_mm"] == pytest.approx(300.0 / 2)
   assert metrics.ActionErrorTable(True).to_dict()["mode"] == "upstream_p2_batch_mean"
 
 
