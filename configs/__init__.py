@@ -3,6 +3,12 @@
 A command line picks a variant after a colon (`configs/diffpose_h36m.py:gt`); every config checks it
 with `pick_variant`, so a misspelled variant, or one given to a config without variants, is an error
 rather than the default in disguise.
+
+The package ships these files as `posediff_jax.configs` (`posediff_jax/configs` is a link to this
+folder), so they import each other under that name: it works in a checkout and after `pip install .`
+alike. A config of one's own can build on them the same way
+(`from posediff_jax.configs import d3dp_h36m`), and the tools accept a shipped config by name
+(`--config demo`, `--config d3dp_h36m.py:gt`) where no such file exists (`runtime.shipped_config`).
 """
 
 import pathlib

@@ -8,8 +8,8 @@ data_train_3dhp_ori.npz and data_test_3dhp_ori.npz. The metrics are the official
 (PCK@150 mm, AUC, MPJPE per sequence), computed in Python.
 """
 
-import configs
-from configs import d3dp_h36m
+from posediff_jax import configs
+from posediff_jax.configs import d3dp_h36m
 
 
 def get_config(arg=None):

@@ -16,7 +16,7 @@ test-time augmentation); the paper's tables use `--config.sampling.num_hypothese
 
 import ml_collections
 
-import configs
+from posediff_jax import configs
 
 H36M_DIR = "data/h36m"
 

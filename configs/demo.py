@@ -7,8 +7,8 @@ the lifter (MPJPE regression), then the denoiser (upstream's noise-prediction lo
 the per-action evaluation table. Fits in well under 10 minutes on 2 CPU cores.
 """
 
-import configs
-from configs import diffpose_h36m
+from posediff_jax import configs
+from posediff_jax.configs import diffpose_h36m
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ Any field can be overridden on the command line, e.g. `--config.model.hid_dim=64
 
 import ml_collections
 
-import configs
+from posediff_jax import configs
 
 H36M_DIR = "data/h36m"
 

@@ -5,8 +5,8 @@ positions, spec §3.4); here the prompt is padded to 77 with the padding token
 (posediff_jax.models.prompts), so results are not comparable with the paper's.
 """
 
-import configs
-from configs import finepose_3dhp
+from posediff_jax import configs
+from posediff_jax.configs import finepose_3dhp
 
 
 def get_config(arg=None):

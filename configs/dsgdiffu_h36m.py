@@ -10,8 +10,8 @@ Everything not set here is FinePOSE's. Both torch-geometric key layouts of the g
 (2.4: lin_src/lin_dst, 2.6: lin) convert.
 """
 
-import configs
-from configs import finepose_h36m
+from posediff_jax import configs
+from posediff_jax.configs import finepose_h36m
 
 
 def get_config(arg=None):

@@ -11,9 +11,9 @@ evaluation settings are FinePOSE's (configs/finepose_h36m.py).
 
 import ml_collections
 
-import configs
-from configs import d3dp_3dhp
-from configs import finepose_h36m
+from posediff_jax import configs
+from posediff_jax.configs import d3dp_3dhp
+from posediff_jax.configs import finepose_h36m
 
 
 def get_config(arg=None):

@@ -17,8 +17,8 @@ settings are the README's: H=20 hypotheses, K=10 DDIM steps, 4 clips per call.
 
 import ml_collections
 
-import configs
-from configs import d3dp_h36m
+from posediff_jax import configs
+from posediff_jax.configs import d3dp_h36m
 from posediff_jax.models import prompts
 
 

@@ -21,8 +21,8 @@ To train from scratch, only the lifter is needed: convert it alone (or take a Di
 Any field can be overridden on the command line, e.g. `--config.model.hid_dim=64`.
 """
 
-import configs
-from configs import diffpose_h36m
+from posediff_jax import configs
+from posediff_jax.configs import diffpose_h36m
 
 
 def get_config(arg=None):

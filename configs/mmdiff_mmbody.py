@@ -29,7 +29,7 @@ Any field can be overridden on the command line, e.g. `--config.sampling.hypothe
 
 import ml_collections
 
-import configs
+from posediff_jax import configs
 
 MMBODY_DIR = "data/mmbody"
 TEST_SCENES = ("lab1", "lab2", "furnished", "rain", "smoke", "poor_lighting", "occlusion")

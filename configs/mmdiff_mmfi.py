@@ -18,8 +18,8 @@ synthetic mm-Fi-layout set (data/mmfi_synthetic, generated on first use).
 
 import ml_collections
 
-import configs
-from configs import mmdiff_mmbody
+from posediff_jax import configs
+from posediff_jax.configs import mmdiff_mmbody
 
 MMFI_DIR = "data/mmfi"
 # Protocol 1 (14 daily actions), cross-subject split: spec §4.2.

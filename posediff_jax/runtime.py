@@ -6,6 +6,12 @@ raised by `main` (`USER_ERRORS`) and the command line itself: before absl parses
 `--config` is checked here (the file exists, its variant is valid, every `--config.<field>`
 override names a field, with the nearest valid name suggested), because ml_collections raises
 those while parsing flags, before `main` runs, with a traceback or a multi-line dump.
+
+A `--config` that names no file but a config the package ships (`demo`, `d3dp_h36m.py:gt`, or
+`configs/demo.py` outside a checkout) is read from `posediff_jax.configs` (`shipped_config`), so
+the installed commands (`posediff-train`, ...) take the README's config arguments anywhere. The
+`--config.<field>` overrides given are recorded (`config_overrides`): evaluate.py and predict take
+a checkpoint's model sizes except where the command line sets them.
 """
 
 import difflib
@@ -94,6 +100,72 @@ def config_argument(argv: list[str], name: str) -> str | None:
   return value
 
 
+def shipped_configs_dir() -> pathlib.Path:
+  """The folder of the configs the package ships (`posediff_jax.configs`: the checkout's configs/
+  in a repository, installed with the package by `pip install .`)."""
+  return pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+  """The shipped configs' names, e.g. ['d3dp_3dhp', ..., 'demo', ...]."""
+  return sorted(p.stem for p in shipped_configs_dir().glob("*.py") if p.name != "__init__.py")
+
+
+def shipped_config(spec: str) -> str:
+  """`spec` (`file.py[:variant]`), or the shipped config it names when no such file exists.
+
+  `demo`, `demo.py`, `configs/demo` and `configs/demo.py` (each with an optional `:variant`) name
+  the shipped configs/demo.py. An existing file is always taken as it is, and any other spec is
+  returned unchanged (reading it then fails, listing the shipped names).
+  """
+  path_text, colon, variant = spec.partition(":")
+  path = pathlib.Path(path_text)
+  if not path_text or path.exists():
+    return spec
+  if str(path.parent) not in (".", "configs") or path.suffix not in ("", ".py"):
+    return spec
+  shipped = shipped_configs_dir() / f"{path.stem}.py"
+  if path.stem == "__init__" or not shipped.is_file():
+    return spec
+  return str(shipped) + colon + variant
+
+
+def _resolve_config_specs(argv: list[str]) -> list[str]:
+  """`argv` with the value of every config-file flag passed through `shipped_config`."""
+  names = {name for name in list(flags.FLAGS)
+           if isinstance(flags.FLAGS[name].parser, config_flags.ConfigFileFlagParser)}
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    match = re.match(r"^(-{1,2})([\w-]+)(=(.*))?$", arg)
+    if i > 0 and match and match.group(2) in names:
+      if match.group(3) is not None:
+        arg = f"{match.group(1)}{match.group(2)}={shipped_config(match.group(4))}"
+      elif i + 1 < len(argv):  # `--config SPEC`
+        out.append(arg)
+        i += 1
+        arg = shipped_config(argv[i])
+    out.append(arg)
+    i += 1
+  return out
+
+
+# The `--<name>.<field>` overrides of each config flag on the command line, recorded by
+# `parse_flags` (see `config_overrides`).
+_OVERRIDES: dict[str, tuple[str, ...]] = {}
+
+
+def config_overrides(name: str = "config") -> tuple[str, ...]:
+  """The fields the command line set with `--<name>.<field>=...` (e.g. 'model.hid_dim'), in order.
+
+  Recorded when the flags were parsed (`--flagfile` contents included); before that, read from
+  `sys.argv`.
+  """
+  if name in _OVERRIDES:
+    return _OVERRIDES[name]
+  return tuple(_override_fields(sys.argv, name))
+
+
 def _override_fields(argv: list[str], name: str) -> list[str]:
   """The fields of `--name.<field>[=value]` / `--noname.<field>` overrides, in order (the same
   arguments ml_collections' config flag treats as overrides)."""
@@ -169,6 +241,11 @@ def _load_config_file(spec: str):
         hint = f"; did you mean {folder / close[0]}?"
       elif names:
         hint = f" (configs in {folder}: {', '.join(names)})"
+    if not hint and not path.is_dir():
+      shipped = shipped_config_names()
+      close = difflib.get_close_matches(path.stem, shipped, n=1, cutoff=0.6)
+      hint = (f"; did you mean the shipped config {close[0]}?" if close
+              else f" (shipped configs, by name: {', '.join(shipped)})")
     fail(f"--config {spec}: config file {path} {what}{hint}")
   module_spec = importlib.util.spec_from_file_location(f"_posediff_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -225,7 +302,16 @@ def check_config_flags(argv: list[str]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing for `app.run`, with one-line errors and exit status 2 instead of a
-  `FATAL Flags parsing error` block (status 1) or a traceback."""
+  `FATAL Flags parsing error` block (status 1) or a traceback.
+
+  Config specs that name a shipped config are resolved first (`shipped_config`), and the
+  `--config.<field>` overrides are recorded (`config_overrides`).
+  """
+  argv = _resolve_config_specs(argv)
+  expanded = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+  for name in list(flags.FLAGS):
+    if isinstance(flags.FLAGS[name].parser, config_flags.ConfigFileFlagParser):
+      _OVERRIDES[name] = tuple(_override_fields(expanded, name))
   if _traceback_wanted():
     return flags.FLAGS(argv)
   check_config_flags(argv)
@@ -249,13 +335,20 @@ def quiet_libtpu_without_tpu() -> None:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 
-def run(main) -> None:
+def run(main, usage: str | None = None) -> None:
   """`absl.app.run(main)`, printing user errors as one `error: ...` line with exit status 2.
 
   Covers the command line (`parse_flags`), `USER_ERRORS` raised by `main` and `app.UsageError`.
   Set POSEDIFF_TRACEBACK=1 to see the full traceback instead.
+
+  Args:
+    main: the tool's `main(argv)`.
+    usage: the text `--help` shows above the flags: the tool's docstring. absl reads it from
+      `__main__`, which for an installed command (`posediff-train`) is pip's launcher.
   """
   quiet_libtpu_without_tpu()
+  if usage is not None:
+    sys.modules["__main__"].__doc__ = usage
 
   def guarded(argv):
     # Quiet library INFO logs (matplotlib's font cache, orbax) from the first line of main on;
