@@ -20,7 +20,9 @@ def get_config(arg=None):
   c.data.root = "data/3dhp"
   c.data.file_train = "data_train_3dhp_ori.npz"
   c.data.file_test = "data_test_3dhp_ori.npz"
-  for field in ("file_3d", "file_2d", "train_subjects", "test_subjects"):
+  for field in ("file_3d", "file_2d", "train_subjects", "actions"):
     del c.data[field]
+  # The test sequences to evaluate (the _ori files carry no action labels to filter by).
+  c.data.test_subjects = ("TS1", "TS2", "TS3", "TS4", "TS5", "TS6")
   c.eval.batch_size = 2  # hard-coded bs = 2 in upstream main_3dhp.py
   return c

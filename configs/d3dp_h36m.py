@@ -37,6 +37,8 @@ def get_config(arg=None):
                     else "data_2d_h36m_gt.npz")
   c.data.train_subjects = ("S1", "S5", "S6", "S7", "S8")
   c.data.test_subjects = ("S9", "S11")
+  # Only these action classes, in both splits (upstream's `-a`); () = all 15.
+  c.data.actions = ()
   c.data.worker_count = 0
   c.data.generate_synthetic = False  # write the synthetic set into data.root if absent
 
@@ -84,6 +86,9 @@ def get_config(arg=None):
   # (python -m posediff_jax.plan), so all at once.
   c.eval.chunk_size = 0
   c.eval.use_ema = False
+  # Replay recorded sampler noise instead of drawing it from `seed` (posediff_jax/evaluation/
+  # noise.py documents the file); "" = draw. Without it the noise is a function of `seed` alone.
+  c.eval.noise_file = ""
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 4  # clips (upstream 1024 // 243)

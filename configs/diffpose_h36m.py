@@ -34,7 +34,12 @@ def get_config(arg=None):
                     else "data_2d_h36m_gt_gmm.npz")
   c.data.train_subjects = ("S1", "S5", "S6", "S7", "S8")
   c.data.test_subjects = ("S9", "S11")
-  # Variance given to plain (non-GMM) 2D files read as a one-kernel GMM; only scales training noise.
+  # Only these action classes, in both splits (upstream's `-a`); () = all 15.
+  c.data.actions = ()
+  # The var channels a plain (non-GMM) 2D file gets when read as a one-kernel GMM; only scales
+  # training noise. Unit: like a GMM file's var channels it is used as it is, as the standard
+  # deviation of the noise on u, v in normalised screen units (2 / res_w per pixel), not pixels²:
+  # 0.01 = 5 px on the 1000-pixel-wide Human3.6M cameras (prepare_h36m gmm converts pixels²).
   c.data.plain_2d_var = 0.01
   c.data.worker_count = 0
   # The demo sets this: write the synthetic set into data.root if absent.
@@ -73,6 +78,9 @@ def get_config(arg=None):
   # Reproduce upstream's aliased in-place root subtraction on CPU (zeroes the root only; spec §0.4).
   c.eval.upstream_root_aliasing = False
   c.eval.use_ema = False  # upstream evaluates the live weights, never the EMA
+  # Replay recorded sampler noise instead of drawing it from `seed` (posediff_jax/evaluation/
+  # noise.py documents the file); "" = draw. Without it the noise is a function of `seed` alone.
+  c.eval.noise_file = ""
   # "bfloat16" rounds the operands of the networks' dense matmuls to bfloat16 (~1.4-1.5x faster on
   # CPUs with AVX512-BF16; MPJPE +0.05 mm on small trained models); parameters, sums, norms,
   # attention and the sampler stay float32.

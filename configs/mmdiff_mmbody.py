@@ -123,6 +123,9 @@ def get_config(arg=None):
   # "bfloat16" runs the phase-2 denoiser's matmuls in bfloat16 (parameters stay float32).
   c.eval.compute_dtype = "float32"
   c.eval.use_ema = False  # upstream evaluates the live weights, never the EMA
+  # Replay recorded sampler noise instead of drawing it from `seed` (posediff_jax/evaluation/
+  # noise.py documents the file); "" = draw. Without it the noise is a function of `seed` alone.
+  c.eval.noise_file = ""
 
   c.train = ml_collections.ConfigDict()
   # Phase 1 (HEAD `phase1_train`, pysensing yml): Adam lr 1e-4 with torch's weight decay 1e-8,

@@ -14,7 +14,9 @@ nothing behind. All problems found are listed in one ValueError, on one line, wh
 - the data the config points at (`config.data.root` and its files), unless they are to be
   generated, in which case the folder must be writable;
 - the input files and checkpoint directories given on the command line, and for evaluation and
-  prediction the checkpoint's family and model sizes (read from its small `meta` item);
+  prediction the checkpoint's family and model sizes (read from its small `meta` item; evaluate.py
+  and predict first put the sizes it records into the config, `model_sizes.adopt_from_checkpoint`,
+  so sizes differ here only for a caller that did not) and predict's prompt action;
 - every place the tool will write: it must be creatable (or, if it exists, writable and of the
   right kind). Nothing is created to find out: a directory is probed with an anonymous temporary
   file in its nearest existing ancestor. Bucket URLs (`gs://...`) are left to the run itself.
@@ -224,13 +226,23 @@ def value_problems(config, tool: str) -> list[str]:
     if _is_int(steps) and _is_int(span) and steps >= 1 and span < steps:
       problems.append(f"config.sampling.timestep_range={span} must be >= "
                       f"config.sampling.num_steps={steps}")
+  data = config.get("data")
+  if tool in _DATA and data is not None and data.get("actions"):
+    from posediff_jax.data import h36m  # pylint: disable=g-import-not-at-top
+    try:
+      h36m.check_actions(data.actions)
+    except ValueError as e:
+      problems.append(str(e))
+  evaluation = config.get("eval")
+  if tool in _DATA and evaluation is not None and evaluation.get("noise_file"):
+    problems.append(_input_file_problem(evaluation.noise_file, "config.eval.noise_file"))
   diffusion = config.get("diffusion")
   if diffusion is not None and "beta_start" in diffusion and "beta_end" in diffusion:
     start, end = diffusion.beta_start, diffusion.beta_end
     if _is_number(start) and _is_number(end) and start > end:
       problems.append(f"config.diffusion.beta_start={start} must be <= "
                       f"config.diffusion.beta_end={end}")
-  return problems
+  return [p for p in problems if p]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,8 +510,9 @@ def check_train(config, workdir) -> None:
   _raise([p for p in problems if p])
 
 
-def check_evaluate(config, checkpoint_dir, output=None, plots_dir=None) -> None:
-  """evaluate.py: the config, the data, the checkpoint and the output file and plot folder.
+def check_evaluate(config, checkpoint_dir, output=None, plots_dir=None,
+                   save_predictions=None) -> None:
+  """evaluate.py: the config, the data, the checkpoint and the output files and plot folder.
 
   Raises:
     ValueError: every problem found, in one line.
@@ -511,6 +524,8 @@ def check_evaluate(config, checkpoint_dir, output=None, plots_dir=None) -> None:
     problems.append(writable_problem(output, "--output", directory=False))
   if plots_dir:
     problems.append(writable_problem(plots_dir, "--plots", directory=True))
+  if save_predictions:
+    problems.append(writable_problem(save_predictions, "--save_predictions", directory=False))
   _raise([p for p in problems if p])
 
 

@@ -120,6 +120,12 @@ def load_split(config, split: str) -> Any:
   Frames: `config.data.kernel` ("weighted" when absent) and `config.data.fixed_resolution` (each
   camera's own resolution when absent or None) are passed on to `h36m.load_frame_set`. Radar:
   `config.data.source` and `config.data.dataset` pick the reader.
+
+  Parts of a data set, as upstream's `-a` and `--subjects-test` give them (no filtered copies
+  of the files): on Human3.6M `config.data.actions` (action classes; empty = all) keeps those
+  sequences of both splits and `data.train_subjects` / `data.test_subjects` pick the subjects;
+  on MPI-INF-3DHP `data.test_subjects` picks test sequences ('TS1' ... 'TS6'); radar data has
+  `data.test_scenes` (mmBody, upstream's cache) and `data.test_subjects` (mm-Fi's own folders).
   """
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -131,16 +137,36 @@ def load_split(config, split: str) -> Any:
     return reader.load_split(settings, split)
   if layout(config) == "clips":
     if config.data.get("dataset", "h36m") == "3dhp":
-      loader = mpi3dhp.load_train if split == "train" else mpi3dhp.load_test
-      return loader(paths[split])
+      if split == "train":
+        return mpi3dhp.load_train(paths[split])
+      return _test_sequences(mpi3dhp.load_test(paths[split]), config.data.get("test_subjects"),
+                             paths[split])
     subjects = config.data.train_subjects if split == "train" else config.data.test_subjects
-    return h36m.load_h36m_videos(paths["3d"], paths["2d"], tuple(subjects))
+    return h36m.load_h36m_videos(paths["3d"], paths["2d"], tuple(subjects),
+                                 tuple(config.data.get("actions", ())))
   subjects = config.data.train_subjects if split == "train" else config.data.test_subjects
   resolution = config.data.get("fixed_resolution")
   return h36m.load_frame_set(paths["3d"], paths[f"{split}_2d"], tuple(subjects),
                              plain_2d_var=config.data.plain_2d_var,
                              fixed_resolution=tuple(resolution) if resolution else None,
-                             kernel=config.data.get("kernel", "weighted"))
+                             kernel=config.data.get("kernel", "weighted"),
+                             actions=tuple(config.data.get("actions", ())))
+
+
+def _test_sequences(sequences, wanted, path):
+  """MPI-INF-3DHP's test sequences named in `data.test_subjects` (None or empty: all), in file
+  order; a name the file lacks is an error."""
+  if not wanted:
+    return sequences
+  if isinstance(wanted, str):
+    raise ValueError(f"config.data.test_subjects must be a list of names, got the string "
+                     f"{wanted!r}")
+  names = [str(s.subject) for s in sequences]
+  unknown = [w for w in wanted if w not in names]
+  if unknown:
+    raise ValueError(f"config.data.test_subjects: {path} has no test sequence(s) {unknown}; it "
+                     f"has {', '.join(names)}")
+  return [s for s in sequences if str(s.subject) in set(wanted)]
 
 
 def num_train_examples(config, data) -> int:

@@ -297,3 +297,28 @@ def test_train_cli_trains_both_phases_and_evaluates(radar_root, tmp_path, tmp_pa
       tiny_run.tiny_family_config("mmdiff", radar_root).data.test_scenes)
   params, meta, _ = checkpoint.load_model(tmp_path / "run")
   assert set(params) == {"encoder", "denoiser"} and meta["family"] == "mmdiff"
+
+
+def test_saved_predictions_hold_every_frame_with_its_scene(config, monkeypatch):
+  from posediff_jax.evaluation import predictions  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(mmdiff, "predict", _coarse_as_prediction)
+  split = datasets.load_split(config, "test")
+  rng = np.random.default_rng(1)
+  split = split.with_phase1(split.target_3d + rng.normal(scale=0.05, size=split.target_3d.shape),
+                            rng.normal(size=(len(split), 17, config.model.feature_size)))
+  collector = predictions.Collector("radar", "mmdiff")
+  result = evaluation.evaluate(config, {"denoiser": {}}, split, progress=False,
+                               collector=collector)
+  saved = collector.arrays()
+  np.testing.assert_array_equal(saved["index"], np.arange(len(split)))
+  np.testing.assert_allclose(saved["pred"], saved["coarse"], atol=1e-6)
+  np.testing.assert_allclose(saved["target"], split.target_3d - split.target_3d[:, :1],
+                             atol=1e-6)
+  table = result.to_dict()["actions"]
+  for name in split.scene_names:
+    rows = saved["scene"] == name
+    assert rows.sum() == table[name]["count"]
+    assert saved["mpjpe_mm"][rows].mean() == pytest.approx(table[name]["p1_mm"], rel=1e-5)
+    assert saved["coarse_p_mpjpe_mm"][rows].mean() == pytest.approx(table[name]["p2_mm"],
+                                                                    rel=1e-4)

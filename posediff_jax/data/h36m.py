@@ -9,6 +9,8 @@ Files (all `.npz` whose members are pickled dicts; read with the restricted unpi
   [T, 17, 2]]}}` in pixels, one array per camera, plus an optional `metadata` dict.
 - GMM 2D, DiffPose `data_2d_h36m_<source>_gmm.npz`: `positions_2d = {subject: {action: [4 x
   [T, 17, K, 5]]}}`, the last axis `(weight, u_px, v_px, var_u, var_v)` for each of K kernels.
+  The var channels are read as they are: training uses them as the standard deviation of the
+  noise on the normalised u, v (`load_positions_2d`'s `plain_2d_var`).
 - prepared 2D, ICASSP'24 `data_2d_h36m_<source>_gmm_norm.npy` (upstream's `prepare_2d_poses.py`,
   reproduced by `prepare_first_kernel_2d`): a pickled `{subject: {action: [4, T, 17, 2]}}` holding
   kernel 0's (u, v), already normalised.
@@ -165,8 +167,11 @@ def load_positions_2d(path, *, plain_2d_var: float = 0.01
 
   Args:
     path: the `.npz` file.
-    plain_2d_var: the variance given to both image axes when a plain 2D file is promoted to a
-      one-kernel GMM (DiffPose uses the variances only as training noise scales).
+    plain_2d_var: the value both var channels get when a plain 2D file is promoted to a
+      one-kernel GMM. Like a GMM file's var channels it is used as it is, not converted: DiffPose's
+      training multiplies unit noise on the normalised u, v by it, so it is a standard deviation
+      in normalised screen units (2 / res_w per pixel: 0.01 = 5 px on the 1000-pixel-wide
+      Human3.6M cameras), not a variance in pixels² (`prepare_h36m gmm` converts one).
 
   Returns:
     `({subject: {action: [one array per camera, [T_cam, 17, K, 5]]}}, metadata or None)`, in file
@@ -348,15 +353,32 @@ class FrameSet:
     return self.gmm_2d.shape[2]
 
 
+def check_actions(actions: Sequence[str]) -> tuple[str, ...]:
+  """`data.actions` checked: () (all) or distinct names from `ACTIONS`."""
+  if isinstance(actions, str):
+    raise ValueError(f"config.data.actions must be a list of action names, got the string "
+                     f"{actions!r} (write --config.data.actions=\"('{actions}',)\")")
+  actions = tuple(str(a) for a in actions)
+  unknown = [a for a in actions if a not in ACTIONS]
+  if unknown:
+    raise ValueError(f"config.data.actions: unknown action(s) {unknown}; expected names from "
+                     f"{', '.join(ACTIONS)} (or none for all)")
+  return actions
+
+
 def camera_sequences(path_3d, positions_3d: dict, path_2d, positions_2d: dict,
-                     subjects: Sequence[str]) -> Iterator[tuple]:
+                     subjects: Sequence[str], actions: Sequence[str] = ()) -> Iterator[tuple]:
   """Every (subject, action, camera) of the 2D file in upstream order, checked against the 3D.
 
   Yields `(subject, action, camera index, Camera, world 3D [T, 17, 3], 2D array [T' >= T, ...])`:
-  subjects as given, actions in the 2D file's order, the 4 cameras in order. Errors name the file,
+  subjects as given, actions in the 2D file's order, the 4 cameras in order. With `actions`
+  (names from `ACTIONS`; empty = all) only sequences of those classes are yielded ('Sitting'
+  does not take in 'SittingDown', unlike upstream's prefix match of `-a`). Errors name the file,
   subject, action and camera: a subject or sequence missing from either file, a camera count other
-  than 4, or a 2D sequence shorter than its 3D one.
+  than 4, a 2D sequence shorter than its 3D one, or an action none of the subjects has.
   """
+  wanted = set(check_actions(actions))
+  seen = set()
   for subject in subjects:
     for path, data in ((path_3d, positions_3d), (path_2d, positions_2d)):
       if subject not in data:
@@ -366,6 +388,9 @@ def camera_sequences(path_3d, positions_3d: dict, path_2d, positions_2d: dict,
     if missing:
       raise ValueError(f"{path_2d}: subject {subject!r} has no 2D for the 3D sequence(s) {missing}")
     for action, per_camera in positions_2d[subject].items():
+      if wanted and action_class(action) not in wanted:
+        continue
+      seen.add(action_class(action))
       if action not in positions_3d[subject]:
         raise ValueError(f"{path_3d}: subject {subject!r} has no 3D sequence {action!r}, which the "
                          f"2D file {path_2d} has")
@@ -380,11 +405,14 @@ def camera_sequences(path_3d, positions_3d: dict, path_2d, positions_2d: dict,
               f"{len(array)} frames but the 3D sequence in {path_3d} has {len(world)}; the 2D must "
               "be at least as long")
         yield subject, action, camera_index, cam, world, array
+  if wanted - seen:
+    raise ValueError(f"{path_2d}: no sequence of action(s) {sorted(wanted - seen)} "
+                     f"(config.data.actions) for subjects {', '.join(subjects)}")
 
 
 def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: float = 0.01,
                    fixed_resolution: tuple[int, int] | None = None,
-                   kernel: str = "weighted") -> FrameSet:
+                   kernel: str = "weighted", actions: Sequence[str] = ()) -> FrameSet:
   """Builds the per-frame dataset of some subjects as DiffPose's data pipeline does.
 
   For each subject (in the given order), each action of the 2D file (in file order) and each of
@@ -402,11 +430,12 @@ def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: f
       `load_prepared_2d`), which is already normalised and gives one kernel with variance
       `plain_2d_var`.
     subjects: e.g. `TEST_SUBJECTS`.
-    plain_2d_var: the variance a plain or prepared 2D file gets (see `load_positions_2d`).
+    plain_2d_var: the var channels a plain or prepared 2D file gets (see `load_positions_2d`).
     fixed_resolution: `(w, h)` to normalise every camera of an `.npz` with, instead of each
       camera's own resolution; the ICASSP'24 pipeline uses `(1000, 1000)`.
     kernel: one of `KERNEL_CHOICES`: "weighted" keeps all GMM kernels (the pipeline picks by
       weight), "first" keeps kernel 0 alone with weight 1.
+    actions: only sequences of these action classes (`camera_sequences`); empty = all.
 
   Returns:
     The `FrameSet`.
@@ -444,7 +473,7 @@ def load_frame_set(path_3d, path_2d, subjects: Sequence[str], *, plain_2d_var: f
   blocks = []  # (subject index, sequence index, camera index, camera, label, world [T, 17, 3], 2D)
   sequence_names = []
   for subject, action, camera_index, cam, world, gmm in camera_sequences(
-      path_3d, positions_3d, path_2d, positions_2d, subjects):
+      path_3d, positions_3d, path_2d, positions_2d, subjects, actions):
     if camera_index == 0:
       sequence_names.append(f"{subject}/{action}")
     blocks.append((subjects.index(subject), len(sequence_names) - 1, camera_index, cam,
@@ -542,7 +571,8 @@ def _read_plain_camera_2d(array, where: str) -> np.ndarray:
   return array
 
 
-def load_h36m_videos(path_3d, path_2d, subjects: Sequence[str]) -> list[videos.VideoSequence]:
+def load_h36m_videos(path_3d, path_2d, subjects: Sequence[str],
+                     actions: Sequence[str] = ()) -> list[videos.VideoSequence]:
   """Reads Human3.6M videos from VideoPose3D files, as D3DP's main.py prepares them.
 
   The 3D is reduced to 17 joints, moved into each camera's frame, and split into the root
@@ -553,6 +583,7 @@ def load_h36m_videos(path_3d, path_2d, subjects: Sequence[str]) -> list[videos.V
     path_3d: `data_3d_h36m.npz`.
     path_2d: a plain 2D file, e.g. `data_2d_h36m_cpn_ft_h36m_dbb.npz` or `data_2d_h36m_gt.npz`.
     subjects: e.g. ('S9', 'S11').
+    actions: only sequences of these action classes (`camera_sequences`); empty = all.
 
   Returns:
     One `VideoSequence` per (subject, action, camera), in that nesting order: subjects as given,
@@ -573,7 +604,7 @@ def load_h36m_videos(path_3d, path_2d, subjects: Sequence[str]) -> list[videos.V
   positions_2d, _ = _read_positions_2d(path_2d, _read_plain_camera_2d)
   sequences = []
   for subject, action, index, cam, world, pixels in camera_sequences(
-      path_3d, positions_3d, path_2d, positions_2d, subjects):
+      path_3d, positions_3d, path_2d, positions_2d, subjects, actions):
     input_2d = cameras.normalize_screen_coordinates(pixels[:len(world)], cam.res_w, cam.res_h)
     positions = np.asarray(cameras.world_to_camera(world, cam), np.float32)
     sequences.append(videos.VideoSequence(

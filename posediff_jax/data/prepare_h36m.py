@@ -417,7 +417,8 @@ def write_gmm(input_path, out_path, variance_px2: float, *, overwrite: bool = Fa
   if out_path.exists() and not overwrite:
     raise FileExistsError(f"{out_path} already exists; remove it or pass --overwrite")
   # The same checks as the video families' reader: [T, 17, 2] per camera, finite.
-  plain, metadata = h36m._read_positions_2d(input_path, h36m._read_plain_camera_2d)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  plain, metadata = h36m._read_positions_2d(input_path, h36m._read_plain_camera_2d)
   widths = [cam.res_w for cam in cameras.h36m_cameras(cameras.H36M_CALIBRATED_SUBJECTS[0])]
   scales = {}
   positions = {}

@@ -9,7 +9,9 @@ prints it):
   aggregations, Human3.6M tables or the MPI-INF-3DHP metrics;
 - `radar`: mmDiff on radar data, per scene, refined against coarse pose.
 
-`run` is `evaluate.py`: a checkpoint in, the table printed and saved.
+`run` is `evaluate.py`: a checkpoint in, the table printed and saved; with `save_predictions`
+every scored sample too (`evaluation.predictions` lists the keys). The sampler's noise is a
+function of `config.seed` alone, or replayed from `eval.noise_file` (`evaluation.noise`).
 """
 
 import copy
@@ -26,6 +28,7 @@ from posediff_jax import datasets
 from posediff_jax import families
 from posediff_jax.evaluation import clips
 from posediff_jax.evaluation import frames
+from posediff_jax.evaluation import predictions
 from posediff_jax.evaluation import radar
 
 # Kept here too: the data layout is `datasets`' business, but callers used to find these here.
@@ -60,7 +63,7 @@ def make_predict_fn(config, mesh=None):
 
 
 def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = True,
-             predict_fn=None):
+             predict_fn=None, collector: predictions.Collector | None = None):
   """Runs the family's pipeline over the test split and accumulates the per-action errors.
 
   Args:
@@ -71,6 +74,7 @@ def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = Tru
     progress: show a progress bar on stderr.
     predict_fn: `make_predict_fn(config)`'s result, for callers that evaluate repeatedly: each new
       one compiles again.
+    collector: a `predictions.Collector` that gets every scored sample.
 
   Returns:
     The filled table: `metrics.ActionErrorTable` for frames; for clips, `clips.ClipEvaluation`;
@@ -78,7 +82,7 @@ def evaluate(config, params, data, *, max_batches: int = 0, progress: bool = Tru
   """
   module = {"clips": clips, "radar": radar}.get(datasets.layout(config), frames)
   return module.evaluate(config, params, data, max_batches=max_batches, progress=progress,
-                         predict_fn=predict_fn)
+                         predict_fn=predict_fn, collector=collector)
 
 
 def _as_json(value):
@@ -109,12 +113,14 @@ def check_checkpoint_matches(config, meta: dict[str, Any], path) -> None:
                      f"{listed}; pass {flags}")
 
 
-def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None) -> dict[str, Any]:
+def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None,
+        save_predictions=None) -> dict[str, Any]:
   """`evaluate.py`: load a checkpoint, evaluate on the test split, print and save the table.
 
   Returns (and writes to `output` as JSON) {'checkpoint', 'checkpoint_step', 'config', 'results':
   the per-action table, or {mode: table} for clip families, which also add 'mpjpe_by_hypotheses'
-  and 'clip_evaluation' (every step and mode)}. `plots_dir` gets `plots.write_eval_plots`' charts.
+  and 'clip_evaluation' (every step and mode)}. `plots_dir` gets `plots.write_eval_plots`' charts,
+  `save_predictions` (a `.npz` path) every scored sample (`evaluation.predictions`).
   """
   if plots_dir:
     from posediff_jax import plots  # pylint: disable=g-import-not-at-top
@@ -136,7 +142,9 @@ def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None) -
                      "(--config.train.lifter_checkpoint) but cannot be evaluated")
   data = load_split(config, "test")
   is_main = jax.process_index() == 0  # in a multi-process job only process 0 prints and writes
-  table = evaluate(config, params, data, progress=progress and is_main)
+  collector = (predictions.Collector(datasets.layout(config), config.family)
+               if save_predictions else None)
+  table = evaluate(config, params, data, progress=progress and is_main, collector=collector)
   if is_main:
     print(table.format_table())
     sys.stdout.flush()
@@ -154,6 +162,8 @@ def run(config, checkpoint_dir, output=None, *, progress=True, plots_dir=None) -
   if output and is_main:
     pathlib.Path(output).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(output).write_text(json.dumps(result, indent=2))
+  if collector is not None and is_main:
+    print(f"wrote {collector.save(save_predictions)}")
   if plots_dir and is_main:
     from posediff_jax import plots  # pylint: disable=g-import-not-at-top
     for path in plots.write_eval_plots(result, plots_dir):

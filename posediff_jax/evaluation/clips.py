@@ -31,6 +31,8 @@ from posediff_jax import summary
 from posediff_jax.data import clip_pipeline
 from posediff_jax.data import videos
 from posediff_jax.diffusion import aggregation
+from posediff_jax.evaluation import noise
+from posediff_jax.evaluation import predictions
 
 _ARRAY_KEYS = ("input_2d", "target_3d", "trajectory", "clip_mask", "frame_mask", "intrinsic",
                "image_size", "linear_projection")
@@ -51,14 +53,16 @@ def _check_modes(config) -> tuple[str, ...]:
   return modes
 
 
-def make_predict_fn(config, mesh=None):
+def make_predict_fn(config, mesh=None, *, with_poses: bool = False):
   """A jitted `(params, batch [D, B, ...], key) -> {mode: {...}}` over D mini-batches.
 
   Per mode: `p1`, `p2` [D, B, K, F] per-frame errors (mean over joints) for every step; with
   `eval.hypotheses_curve`, `p1_by_h` [D, B, H, F]: the last step's P1 when only the first h
-  hypotheses are aggregated; for 3DHP `pose` [D, B, F, J, 3], the aggregated final-step pose
-  (metres, root at 0). The results are replicated over `mesh` (None = `config.mesh` over this
-  process's devices).
+  hypotheses are aggregated; for 3DHP (or `with_poses`) `pose` [D, B, F, J, 3], the aggregated
+  final-step pose (metres, root at 0). With `with_poses` also `hypotheses` [D, B, H, F, J, 3], the
+  last step's samples (root at 0). A batch holding `noise_init` [D, B, H, F, J, 3] and `noise_steps`
+  [D, K-1, B, H, F, J, 3] samples from them instead of the key (`noise`). The results are
+  replicated over `mesh` (None = `config.mesh` over this process's devices).
   """
   family = families.get(config.family)
   modes = _check_modes(config)
@@ -70,6 +74,8 @@ def make_predict_fn(config, mesh=None):
 
   def one_minibatch(params, batch, key):
     conditions = {k: batch[k] for k in text}  # prompt families: each clip's text cache row
+    if "noise_init" in batch:  # replayed noise (eval.noise_file)
+      conditions.update(noise_init=batch["noise_init"], noise_steps=batch["noise_steps"])
     preds = family.sample(config, params, batch["input_2d"], key, **conditions)
     # preds: [B, K, H, F, J, 3]
     if pixels:
@@ -96,11 +102,13 @@ def make_predict_fn(config, mesh=None):
             preds[:, -1:, :h], batch["target_3d"], mode,
             **{**kwargs, "reproj_error": reproj_error[:, -1:, :h]})[:, 0], axis=-1)
                                           for h in range(1, preds.shape[2] + 1)], axis=1)
-      if pixels:  # only 3DHP's metric needs the poses themselves
+      if pixels or with_poses:  # 3DHP's metric and --save_predictions need the poses
         pose, _ = aggregation.aggregate_poses(
             preds[:, -1:], batch["target_3d"], mode,
             **{**kwargs, "reproj_error": reproj_error[:, -1:]})
         out[mode]["pose"] = pose[:, 0]
+    if with_poses:  # root at 0, as the errors and the aggregated poses see them
+      out["hypotheses"] = preds[:, -1].at[..., root, :].set(0)
     return out
 
   def many_minibatches(params, batch, keys):
@@ -204,8 +212,13 @@ def _stack(batches: list[dict[str, Any]], sequences, config) -> dict[str, np.nda
 
 
 def evaluate(config, params, sequences: list[videos.VideoSequence], *, max_batches: int = 0,
-             progress: bool = True, predict_fn=None) -> ClipEvaluation:
-  """Samples every test clip, aggregates the hypotheses and fills the tables (see module doc)."""
+             progress: bool = True, predict_fn=None,
+             collector: predictions.Collector | None = None) -> ClipEvaluation:
+  """Samples every test clip, aggregates the hypotheses and fills the tables (see module doc).
+
+  Mini-batch b samples with `noise.batch_key(config, b)`, or with the noise of `eval.noise_file`;
+  `collector` gets every clip frame's poses, labels and errors (`predictions`).
+  """
   modes = _check_modes(config)
   mesh = sharding.make_mesh(config.get("mesh"))
   group = mesh.shape["data"]
@@ -213,7 +226,10 @@ def evaluate(config, params, sequences: list[videos.VideoSequence], *, max_batch
   rows = sharding.process_slice(group)
   by_batch, repl = sharding.by_batch(mesh), sharding.replicated(mesh)
   params = jax.device_put(params, repl)
-  predict = predict_fn or make_predict_fn(config)
+  if collector is not None:
+    predict_fn = None  # the poses are needed too
+  predict = predict_fn or make_predict_fn(config, with_poses=collector is not None)
+  replay = noise.open_noise_file(config)
   is_3dhp = config.data.get("dataset", "h36m") == "3dhp"
   num_frames = config.model.num_frames
   batches, num_batches = clip_pipeline.eval_batches(sequences, num_frames, config.eval.batch_size)
@@ -229,17 +245,19 @@ def evaluate(config, params, sequences: list[videos.VideoSequence], *, max_batch
   h_tables = {m: [metrics.ActionErrorTable() for _ in range(num_h)] for m in modes}
   h_sums = {m: np.zeros(num_h) for m in modes}
   frames_seen = 0
-  key = jax.random.key(config.seed)
   bar = summary.ProgressBar(num_batches, "evaluate", enabled=progress)
+  clips_seen = 0
 
   def run(group_batches):
-    nonlocal frames_seen
-    stacked = _stack(group_batches + [group_batches[-1]] * (group - len(group_batches)),
-                     sequences, config)
+    nonlocal frames_seen, clips_seen
+    fillers = [group_batches[-1]] * (group - len(group_batches))
+    stacked = _stack(group_batches + fillers, sequences, config)
     stacked["clip_mask"][len(group_batches):] = False  # filler mini-batches change nothing
+    if replay is not None:
+      stacked.update(_replayed(config, replay, group_batches + fillers))
     inputs = sharding.global_batch({k: v[rows] for k, v in stacked.items()}, by_batch)
-    keys = jnp.stack([jax.random.fold_in(key, int(b["batch_index"])) for b in group_batches]
-                     + [key] * (group - len(group_batches)))
+    keys = jnp.stack([noise.batch_key(config, int(b["batch_index"])) for b in group_batches]
+                     + [noise.batch_key(config, 0)] * len(fillers))
     out = jax.device_get(predict(params, inputs, jax.device_put(keys, by_batch)))
     for d, b in enumerate(group_batches):
       clip_mask = np.asarray(b["clip_mask"])
@@ -265,6 +283,8 @@ def evaluate(config, params, sequences: list[videos.VideoSequence], *, max_batch
             h_tables[mode][h].update(by_h[:, h].reshape(-1), np.zeros(by_h[:, h].size), actions,
                                      weight.reshape(-1))
       frames_seen += int(weight.sum()) if is_3dhp else 0
+      if collector is not None:
+        clips_seen += _collect(collector, modes, b, out, d, sequences, clips_seen)
     bar.update(len(group_batches))
 
   pending = []
@@ -293,6 +313,48 @@ def evaluate(config, params, sequences: list[videos.VideoSequence], *, max_batch
   by_h = ({m: {h + 1: t.averages()[0] for h, t in enumerate(h_tables[m])} for m in modes}
           if curve else {})
   return ClipEvaluation(summary_, modes, headline_mode(config), tables, {}, steps, by_h)
+
+
+def _replayed(config, replay: noise.NoiseFile, batches) -> dict[str, np.ndarray]:
+  """`noise_init` [D, B, H, F, J, 3] and `noise_steps` [D, K-1, B, H, F, J, 3] of the mini-batches
+  from the noise file (a filler mini-batch repeats its neighbour's)."""
+  shape = (int(config.sampling.num_hypotheses), int(config.model.num_frames),
+           int(config.model.num_joints), 3)
+  init, steps = [], []
+  for b in batches:
+    a, z = replay.clips(int(b["batch_index"]), int(np.sum(b["clip_mask"])),
+                        len(b["clip_mask"]), shape, int(config.sampling.num_steps),
+                        float(config.sampling.eta))
+    init.append(a)
+    steps.append(z)
+  return {"noise_init": np.stack(init), "noise_steps": np.stack(steps)}
+
+
+def _collect(collector, modes, batch, out, d: int, sequences, clips_seen: int) -> int:
+  """Adds mini-batch `d` of a call's output to `collector`; returns its number of clips."""
+  real = np.asarray(batch["clip_mask"])
+  frames = int(batch["frame_index"].shape[1])
+  count = int(real.sum())
+  flat = lambda x: np.asarray(x)[real].reshape((count * frames,) + np.shape(x)[2:])
+  hypotheses = np.moveaxis(np.asarray(out["hypotheses"][d]), 1, 2)  # [B, F, H, J, 3]
+  video = sequences[int(batch["sequence"])]
+  n = count * frames
+  columns = {
+      "hypotheses": flat(hypotheses), "target": flat(batch["target_3d"]),
+      "subject": np.full(n, str(batch["subject"])),
+      "action": np.full(n, str(batch["action"]).split(" ")[0]),
+      "sequence": np.full(n, str(batch["action"])), "camera": np.full(n, batch["camera"]),
+      "frame": flat(batch["frame_index"]).astype(np.int32),
+      "clip": np.repeat(clips_seen + np.arange(count), frames).astype(np.int32),
+      "batch": np.full(n, int(batch["batch_index"]), np.int32),
+      "real": flat(batch["real_frame"]).astype(bool),
+      "valid": np.asarray(video.valid, bool)[flat(batch["frame_index"])]}
+  for mode in modes:
+    columns[f"pred_{mode}"] = flat(out[mode]["pose"][d])
+    columns[f"mpjpe_mm_{mode}"] = 1000 * flat(np.asarray(out[mode]["p1"][d])[:, -1])
+    columns[f"p_mpjpe_mm_{mode}"] = 1000 * flat(np.asarray(out[mode]["p2"][d])[:, -1])
+  collector.add(**columns)
+  return count
 
 
 def _stitch(store: dict, batch: dict[str, Any], poses: np.ndarray, sequences) -> None:

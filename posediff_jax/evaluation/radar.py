@@ -28,6 +28,8 @@ from posediff_jax import sharding
 from posediff_jax import summary
 from posediff_jax.data import radar as radar_data
 from posediff_jax.data import radar_pipeline
+from posediff_jax.evaluation import noise
+from posediff_jax.evaluation import predictions
 
 AVERAGES = ("scenes", "frames")
 _COLUMNS = ("p1", "p2", "coarse_p1", "coarse_p2")
@@ -40,20 +42,26 @@ def _check_average(config) -> str:
   return average
 
 
-def make_predict_fn(config, mesh=None):
-  """A jitted `(params, batch, key) -> {'p1', 'p2', 'coarse_p1', 'coarse_p2'}`: per-frame errors
-  [B] in metres of the refined and of the coarse pose, replicated on every device of `mesh`
-  (None = `config.mesh` over this process's devices)."""
+def make_predict_fn(config, mesh=None, *, with_poses: bool = False):
+  """A jitted `(params, batch, key, noise=None) -> {'p1', 'p2', 'coarse_p1', 'coarse_p2'}`:
+  per-frame errors [B] in metres of the refined and of the coarse pose (with `with_poses` also
+  the poses `pred`, `coarse`, `target` [B, 17, 3]), replicated on every device of `mesh` (None =
+  `config.mesh` over this process's devices). `noise` is the sampler's z, replayed from
+  `eval.noise_file`."""
   family = families.get(config.family)
 
-  def errors(params, batch, key):
-    pred = family.predict(config, params, batch, key)
+  def errors(params, batch, key, z=None):
+    pred = (family.predict(config, params, batch, key) if z is None
+            else family.predict(config, params, batch, key, z))
     target = batch["target_3d"] - batch["target_3d"][:, :1]
     coarse = batch["x_history"][..., -3:]
     coarse = coarse - coarse[:, :1]
-    return {"p1": metrics.mpjpe(pred, target), "p2": metrics.p_mpjpe(pred, target),
-            "coarse_p1": metrics.mpjpe(coarse, target),
-            "coarse_p2": metrics.p_mpjpe(coarse, target)}
+    out = {"p1": metrics.mpjpe(pred, target), "p2": metrics.p_mpjpe(pred, target),
+           "coarse_p1": metrics.mpjpe(coarse, target),
+           "coarse_p2": metrics.p_mpjpe(coarse, target)}
+    if with_poses:
+      out.update(pred=pred, coarse=coarse, target=target)
+    return out
 
   mesh = mesh or sharding.make_mesh(config.get("mesh"))
   return jax.jit(errors, out_shardings=sharding.replicated(mesh))
@@ -138,7 +146,8 @@ class RadarEvaluation:
 
 
 def evaluate(config, params, split: radar_data.RadarSplit, *, max_batches: int = 0,
-             progress: bool = True, predict_fn=None) -> RadarEvaluation:
+             progress: bool = True, predict_fn=None,
+             collector: predictions.Collector | None = None) -> RadarEvaluation:
   """Runs phase 2 (after phase 1 if `split` is raw) over the split and fills the table.
 
   Args:
@@ -148,6 +157,9 @@ def evaluate(config, params, split: radar_data.RadarSplit, *, max_batches: int =
     max_batches: > 0 stops after that many batches (quick checks during training).
     progress: show progress bars on stderr.
     predict_fn: `make_predict_fn(config)`'s result, for callers that evaluate repeatedly.
+    collector: gets every frame's poses, labels and errors (`predictions`).
+
+  Batch i samples with `noise.batch_key(config, i)`, or with the noise of `eval.noise_file`.
 
   Returns:
     The filled `RadarEvaluation`.
@@ -160,7 +172,10 @@ def evaluate(config, params, split: radar_data.RadarSplit, *, max_batches: int =
   sharding.check_divisible(batch_size, mesh, "eval.batch_size")
   by_batch, repl = sharding.by_batch(mesh), sharding.replicated(mesh)
   params = jax.device_put({"denoiser": params["denoiser"]}, repl)
-  predict = predict_fn or make_predict_fn(config)
+  if collector is not None:
+    predict_fn = None  # the poses are needed too
+  predict = predict_fn or make_predict_fn(config, with_poses=collector is not None)
+  replay = noise.open_noise_file(config)
   batches, num_batches = radar_pipeline.eval_batches(
       split, batch_size, stage="denoiser", settings=settings, shard_index=jax.process_index(),
       shard_count=jax.process_count())
@@ -169,17 +184,34 @@ def evaluate(config, params, split: radar_data.RadarSplit, *, max_batches: int =
   scenes = len(split.scene_names)
   counts = np.zeros(scenes, np.int64)
   sums = {c: np.zeros(scenes, np.float64) for c in _COLUMNS}
-  key = jax.random.key(config.seed)
   bar = summary.ProgressBar(num_batches, "evaluate", enabled=progress)
   for i, batch in enumerate(batches):
     if i >= num_batches:
       break
     inputs = sharding.global_batch(batch["arrays"], by_batch)
-    out = jax.device_get(predict(params, inputs, jax.random.fold_in(key, i)))
+    key = noise.batch_key(config, i)
+    if replay is None:
+      out = predict(params, inputs, key)
+    else:
+      z = replay.rows(i, len(families.get(config.family).sampler_timesteps(config)),
+                      int(config.sampling.hypotheses), int(np.sum(batch["valid"])), batch_size,
+                      _state_shape(config, inputs))
+      out = predict(params, inputs, key, jax.device_put(z, repl))
+    out = jax.device_get(out)
     valid, scene = batch["valid"], batch["scene"]
     np.add.at(counts, scene[valid], 1)
     for column in _COLUMNS:
       np.add.at(sums[column], scene[valid], np.asarray(out[column], np.float64)[valid])
+    if collector is not None:
+      index = np.asarray(batch["index"])[valid]
+      collector.add(
+          pred=np.asarray(out["pred"])[valid], coarse=np.asarray(out["coarse"])[valid],
+          target=np.asarray(out["target"])[valid],
+          **{name: 1000 * np.asarray(out[column])[valid] for name, column in (
+              ("mpjpe_mm", "p1"), ("p_mpjpe_mm", "p2"), ("coarse_mpjpe_mm", "coarse_p1"),
+              ("coarse_p_mpjpe_mm", "coarse_p2"))},
+          scene=np.asarray([split.scene_names[s] for s in scene[valid]]),
+          sequence=np.asarray(split.sequence)[index], index=index)
     bar.update(1)
   bar.close()
   s = config.sampling
@@ -188,3 +220,9 @@ def evaluate(config, params, split: radar_data.RadarSplit, *, max_batches: int =
               "hypotheses": int(s.hypotheses), "eta": float(s.eta),
               "batch_size": batch_size}
   return RadarEvaluation(summary_, split.scene_names, counts, sums, average)
+
+
+def _state_shape(config, inputs) -> tuple[int, int]:
+  """(J, D) of the sampler's state: the pose (D = 3), or v1's whole history (D = 3(P+1))."""
+  joints, history = inputs["x_history"].shape[1:]
+  return (joints, history if config.sampling.get("update_history", False) else 3)
