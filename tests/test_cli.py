@@ -135,6 +135,32 @@ def test_evaluate_prints_the_table_and_saves_config_and_checkpoint(trained, data
                              trained_results["average"]["p1_mm"], rtol=1e-6)
 
 
+def test_evaluate_on_an_action_subset_saves_its_predictions(trained, data, cache, tmp_path):
+  workdir, _ = trained
+  out = tmp_path / "predictions.npz"
+  proc = tiny_run.python(["evaluate.py", "--config", "configs/demo.py", "--checkpoint",
+                          str(workdir), "--save_predictions", str(out),
+                          "--config.data.actions=('Walking', 'Eating')", *_model_flags(data)],
+                         cache_dir=cache)
+  lines = proc.stdout.splitlines()
+  start = lines.index("===Action=== ==p#1 mm== =p#2 mm=")
+  rows = {m[1]: float(m[2]) for m in map(_ROW.match, lines[start + 1:start + 4])}
+  # Only the evaluated actions are listed, and the Average is theirs.
+  assert list(rows) == ["Eating", "Walking", "Average"], proc.stdout
+  assert rows["Average"] == pytest.approx((rows["Eating"] + rows["Walking"]) / 2, abs=0.01)
+  saved = np.load(out)  # a plain .npz: no pickles
+  assert str(saved["layout"]) == "frames" and str(saved["family"]) == "diffpose"
+  assert len(saved["pred"]) == 2 * 2 * 4 * tiny_run.FRAMES_PER_SEQUENCE
+  for action in ("Eating", "Walking"):
+    rows_of = saved["action"] == action
+    assert saved["mpjpe_mm"][rows_of].mean() == pytest.approx(rows[action], abs=0.005 + 1e-9)
+  assert set(saved["subject"]) == {"S9", "S11"} and saved["frame"].max() == 15
+  bad = tiny_run.python(["evaluate.py", "--config", "configs/demo.py", "--checkpoint",
+                         str(workdir), "--config.data.actions=('Jogging',)", *_model_flags(data)],
+                        cache_dir=cache, check=False)
+  _assert_one_line_error(bad, "config.data.actions", "Jogging")
+
+
 def test_evaluate_with_another_width_fails_with_one_line(trained, data, cache):
   workdir, _ = trained
   hid = tiny_run.OVERRIDES["model.hid_dim"]
