@@ -322,3 +322,31 @@ def test_saved_predictions_hold_every_frame_with_its_scene(config, monkeypatch):
     assert saved["mpjpe_mm"][rows].mean() == pytest.approx(table[name]["p1_mm"], rel=1e-5)
     assert saved["coarse_p_mpjpe_mm"][rows].mean() == pytest.approx(table[name]["p2_mm"],
                                                                     rel=1e-4)
+
+
+def test_replayed_noise_reaches_the_radar_sampler_row_by_row(config, monkeypatch, tmp_path):
+  seen = []
+
+  def predict(config_, params, batch, key=None, noise=None):
+    jax.debug.callback(lambda z: seen.append(np.asarray(z)), noise)  # runs inside the jit
+    return _coarse_as_prediction(config_, params, batch, key)
+
+  monkeypatch.setattr(mmdiff, "predict", predict)
+  split = datasets.load_split(config, "test")
+  rng = np.random.default_rng(2)
+  split = split.with_phase1(split.target_3d, rng.normal(size=(len(split), 17,
+                                                              config.model.feature_size)))
+  batch, steps = config.eval.batch_size, len(mmdiff.sampler_timesteps(config))
+  hyp, count = config.sampling.hypotheses, -(-len(split) // config.eval.batch_size)
+  recorded = {f"noise_{i}": rng.normal(size=(steps, hyp * min(batch, len(split) - i * batch),
+                                             17, 3)) for i in range(count)}
+  np.savez(tmp_path / "z.npz", **recorded)
+  replay = config.copy_and_resolve_references()
+  replay.eval.noise_file = str(tmp_path / "z.npz")
+  evaluation.evaluate(replay, {"denoiser": {}}, split, progress=False)
+  assert len(seen) == count
+  last = len(split) - (count - 1) * batch  # real rows of the last, padded batch
+  got = seen[-1].reshape(steps, hyp, batch, 17, 3)
+  np.testing.assert_allclose(got[:, :, :last].reshape(steps, -1, 17, 3),
+                             recorded[f"noise_{count - 1}"], rtol=1e-6)
+  assert not got[:, :, last:].any()
