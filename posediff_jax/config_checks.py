@@ -543,21 +543,41 @@ def _keypoint_problems(keypoints, layout, image_size, normalized, min_confidence
   return []
 
 
+def _action_problem(config, path, action) -> str | None:
+  """What is wrong with `--action` for the checkpoint's prompt actions (`predict.action_row`)."""
+  if not path or _is_url(path) or _checkpoint_problem(path, "--checkpoint"):
+    return None
+  from posediff_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from posediff_jax import predict  # pylint: disable=g-import-not-at-top
+  try:
+    meta, _ = checkpoint.load_meta(path)
+    if meta.get("family", config.get("family")) == config.get("family"):
+      predict.action_row(config, meta, action, path)
+  except (ValueError, FileNotFoundError) as e:
+    return str(e)
+  return None
+
+
 def check_predict(config, checkpoint_dir, keypoints, output, render=None, fps: float = 25.0, *,
                   layout: str = "auto", image_size: str | None = None, normalized: bool = False,
-                  min_confidence: float | None = None) -> None:
+                  min_confidence: float | None = None, action: str | None = None) -> None:
   """`python -m posediff_jax.predict`: the config, the checkpoint, the keypoint file (read and
-  checked as `predict.run` will), and the output and picture paths.
+  checked as `predict.run` will), the prompt action, and the output and picture paths.
 
   Args:
     config: the experiment config.
-    checkpoint_dir, keypoints, output, render, fps: the flags of the same names.
+    checkpoint_dir, keypoints, output, render, fps, action: the flags of the same names.
     layout, image_size, normalized, min_confidence: `--format`, `--image_size` (the flag's text),
       `--normalized`, `--min_confidence` (None: the default).
 
   Raises:
-    ValueError: every problem found, in one line.
+    ValueError: mmDiff, which predict cannot run (alone: nothing else matters then); every other
+      problem found, in one line.
   """
+  from posediff_jax import predict  # pylint: disable=g-import-not-at-top
+  refusal = predict.mmdiff_refusal(config)
+  if refusal:
+    raise ValueError(refusal)
   problems = value_problems(config, PREDICT)
   dataset = config.get("data", {}).get("dataset", "h36m")
   if dataset != "h36m":
@@ -572,7 +592,10 @@ def check_predict(config, checkpoint_dir, keypoints, output, render=None, fps: f
                   else min_confidence)
     problems += _keypoint_problems(keypoints, layout, image_size, normalized, confidence)
   problems.append(_checkpoint_problem(checkpoint_dir, "--checkpoint"))
-  problems.append(_checkpoint_meta_problem(config, checkpoint_dir))
+  meta_problem = _checkpoint_meta_problem(config, checkpoint_dir)
+  problems.append(meta_problem)
+  if not meta_problem:
+    problems.append(_action_problem(config, checkpoint_dir, action))
   if output:
     if pathlib.Path(output).suffix != ".npz":
       problems.append(f"--output must be a .npz file, got {output}")

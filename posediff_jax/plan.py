@@ -668,7 +668,8 @@ def main(argv, config, topology: str, programs: str, json_path: str | None) -> N
     raise ValueError(problem)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """`python -m posediff_jax.plan` and `posediff-plan`."""
   # The host backend is the CPU even on a TPU VM (where a running job may hold the chips): the
   # planner only compiles, for the compile-only devices libtpu describes.
   jax.config.update("jax_platforms", "cpu")
@@ -676,11 +677,17 @@ if __name__ == "__main__":
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from posediff_jax import runtime  # pylint: disable=g-import-not-at-top
 
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
-                                            lock_config=True)
-  _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: v5litepod-8, v5p-64, v5p:2x4x4...")
-  _PROGRAMS = flags.DEFINE_string("programs", "train,eval", "Which programs: train and/or eval.")
-  _JSON = flags.DEFINE_string("json", None, "Also write the plan as JSON here.")
+  config = config_flags.DEFINE_config_file(
+      "config", None, "Config file (configs/*.py[:variant]) or a shipped config's name.",
+      lock_config=True)
+  topology = flags.DEFINE_string("topology", None, "TPU slice: v5litepod-8, v5p-64, v5p:2x4x4...")
+  programs = flags.DEFINE_string("programs", "train,eval", "Which programs: train and/or eval.")
+  json_path = flags.DEFINE_string("json", None, "Also write the plan as JSON here.")
   flags.mark_flags_as_required(["config", "topology"])
-  runtime.run(lambda argv: main(argv, _CONFIG.value, _TOPOLOGY.value, _PROGRAMS.value,
-                                _JSON.value))
+  runtime.run(lambda argv: main(argv, config.value, topology.value, programs.value,
+                                json_path.value), usage=__doc__,
+              key_flags=("config", "topology", "programs", "json"))
+
+
+if __name__ == "__main__":
+  cli()

@@ -4,6 +4,19 @@ r"""From a user's own 2D keypoints to root-relative 3D poses, with optional pict
       --checkpoint checkpoints/diffpose_cpn --keypoints video.json --image_size=1920,1080 \
       --output out.npz --render out.gif
 
+Installed with pip, the same is `posediff-predict --config diffpose_h36m.py:cpn ...`. The model
+sizes come from the checkpoint; --config gives the family and the sampling settings.
+
+What each family needs (a Human3.6M config and checkpoint; the video families see the sequence
+cut into clips of the checkpoint's length, 243 frames, the last one padded):
+  diffpose, icassp   nothing more: every frame is lifted on its own
+  d3dp               nothing more: --config.sampling.num_hypotheses=H hypotheses, and their mean
+  finepose, dsgdiffu --action=NAME: the action whose text prompt conditions the model, one of the
+                     checkpoint's prompt actions (Directions, Discussion, ..., Walking,
+                     WalkTogether; a missing or unknown one is refused with the list)
+  mmdiff             not here: it lifts radar point clouds, not 2D keypoints; evaluate.py runs
+                     it on radar data (README 'mmDiff')
+
 KEYPOINTS is a `.npz`, `.npy` or COCO-style `.json` file of COCO-17 or Human3.6M-17 keypoints
 (`posediff_jax/keypoints.py` describes the formats and the COCO -> Human3.6M mapping). Pixel
 coordinates are normalised by `--image_size=W,H`; `--normalized` says they already are. Joints below
@@ -38,12 +51,72 @@ from posediff_jax import config_checks
 from posediff_jax import evaluation
 from posediff_jax import families
 from posediff_jax import keypoints as keypoints_lib
+from posediff_jax import model_sizes
 from posediff_jax import plots
 from posediff_jax import runtime
 from posediff_jax import skeleton
 
 
+def mmdiff_refusal(config) -> str | None:
+  """Why predict cannot run `config.family`'s model (mmDiff), or None."""
+  if config.get("family") != "mmdiff":
+    return None
+  return ("predict lifts 2D keypoints, but mmDiff estimates poses from radar point clouds: "
+          "evaluate an mmDiff checkpoint on radar data with evaluate.py --config "
+          "configs/mmdiff_mmbody.py (or configs/mmdiff_mmfi.py) --checkpoint DIR (README 'mmDiff')")
+
+
+def _match_action(action: str, names) -> str | None:
+  """The prompt action of `names` that `action` means: itself, regardless of case, spaces and
+  underscores, or the action of a Human3.6M key ('Walking 1')."""
+  def plain(text):
+    return "".join(c for c in text.lower() if c not in " _-")
+  if action in names:
+    return action
+  by_plain = {plain(n): n for n in names}
+  for candidate in (action, action.split(" ")[0]):
+    if plain(candidate) in by_plain:
+      return by_plain[plain(candidate)]
+  return None
+
+
+def action_row(config, meta: dict, action: str | None, checkpoint_dir="the checkpoint"
+               ) -> int | None:
+  """The text cache row of `--action` for a prompt-conditioned checkpoint; None for the other
+  families.
+
+  The rows are the checkpoint's prompt actions, `meta['text_actions']` (the config's
+  `text.actions` for a checkpoint that does not record them).
+
+  Raises:
+    ValueError: an action given to a family without prompts; a prompt family's action missing
+      (when the checkpoint has more than one prompt) or not one of its prompts (both list them).
+  """
+  family = families.get(config.family)
+  if not getattr(family, "TEXT_CONDITIONED", False):
+    if action:
+      raise ValueError(f"--action={action}: only FinePOSE and DSGDiffu models take an action "
+                       f"prompt; a {config.family} model lifts the keypoints alone (leave it out)")
+    return None
+  names = [str(n) for n in (meta.get("text_actions") or family.text_actions(config))]
+  listed = ", ".join(n or "''" for n in names)
+  if action is None:
+    if len(names) == 1:
+      return 0
+    raise ValueError(f"checkpoint {checkpoint_dir} is a {config.family} model, which conditions "
+                     f"every clip on the text prompt of an action: pass --action=NAME, one of "
+                     f"its prompt actions: {listed}")
+  name = _match_action(action, names)
+  if name is None:
+    raise ValueError(f"--action={action} is not one of the prompt actions of checkpoint "
+                     f"{checkpoint_dir}: {listed}")
+  return names.index(name)
+
+
 def _check_input(config, keypoints_2d) -> np.ndarray:
+  refusal = mmdiff_refusal(config)
+  if refusal:
+    raise ValueError(refusal)
   keypoints_2d = np.asarray(keypoints_2d, np.float32)
   if keypoints_2d.ndim != 3 or keypoints_2d.shape[1:] != (skeleton.NUM_JOINTS, 2):
     raise ValueError(f"keypoints_2d: expected [frames, {skeleton.NUM_JOINTS}, 2] normalised "
@@ -87,7 +160,8 @@ def clip_frames(num_frames: int, clip_length: int) -> np.ndarray:
   return np.minimum(starts[:, None] + np.arange(clip_length)[None], num_frames - 1)
 
 
-def predict_sequence(config, params, keypoints_2d, key=None) -> dict[str, np.ndarray]:
+def predict_sequence(config, params, keypoints_2d, key=None, action_index: int | None = None
+                     ) -> dict[str, np.ndarray]:
   """3D poses for a sequence of normalised Human3.6M-17 keypoints with `config.family`'s model.
 
   Frame families (DiffPose, ICASSP) lift every frame on its own (`family.predict`), in batches of
@@ -97,13 +171,15 @@ def predict_sequence(config, params, keypoints_2d, key=None) -> dict[str, np.nda
   than F is padded by repeating its last frame. Their `family.sample` gives every hypothesis; the
   last DDIM step's are returned with their mean (P-Agg). The joint-wise choice JPMA (J-Agg) is not
   offered: it reprojects with the camera intrinsics and the ground-truth root trajectory, which a
-  user's video does not have.
+  user's video does not have. FinePOSE and DSGDiffu condition every clip on the text cache row
+  `action_index` (`action_row`).
 
   Args:
     config: the experiment config (`family`, model sizes, sampling, `eval.batch_size`).
     params: the model parameters (`checkpoint.load_model`'s).
     keypoints_2d: `[N, 17, 2]` Human3.6M-17 keypoints in normalised screen coordinates.
     key: PRNG key for stochastic samplers (default: `config.seed`).
+    action_index: the text cache row of the prompt (prompt-conditioned families only).
 
   Returns:
     {'poses_3d': float32 `[N, 17, 3]` root-relative metres} plus, for video families,
@@ -113,7 +189,7 @@ def predict_sequence(config, params, keypoints_2d, key=None) -> dict[str, np.nda
   key = jax.random.key(config.seed) if key is None else key
   family = families.get(config.family)
   if getattr(family, "VIDEO", False):
-    return _predict_video(config, family, params, keypoints_2d, key)
+    return _predict_video(config, family, params, keypoints_2d, key, action_index)
   return _predict_frames(config, params, keypoints_2d, key)
 
 
@@ -128,7 +204,8 @@ def _predict_frames(config, params, keypoints_2d, key) -> dict[str, np.ndarray]:
   return {"poses_3d": poses.astype(np.float32)}
 
 
-def _predict_video(config, family, params, keypoints_2d, key) -> dict[str, np.ndarray]:
+def _predict_video(config, family, params, keypoints_2d, key, action_index=None
+                   ) -> dict[str, np.ndarray]:
   num_frames = keypoints_2d.shape[0]
   clip_length = int(config.model.num_frames)
   index = clip_frames(num_frames, clip_length)
@@ -136,9 +213,12 @@ def _predict_video(config, family, params, keypoints_2d, key) -> dict[str, np.nd
   clips = keypoints_2d[index]  # [n_clips, F, 17, 2]
   batch = min(int(config.eval.batch_size), clips.shape[0])
   sample = jax.jit(functools.partial(family.sample, config))
+  # The prompt's text cache row, the same for every clip (only prompt families take one).
+  prompt = {} if action_index is None else {"action_index": np.full((batch,), action_index,
+                                                                     np.int32)}
   out = []
   for i, clip_batch in enumerate(_padded_batches(clips, batch)):
-    steps = np.asarray(sample(params, clip_batch, jax.random.fold_in(key, i)))
+    steps = np.asarray(sample(params, clip_batch, jax.random.fold_in(key, i), **prompt))
     if steps.ndim != 6 or steps.shape[0] != batch or steps.shape[3:] != (
         clip_length, skeleton.NUM_JOINTS, 3):
       raise ValueError(f"{config.family}.sample returned shape {steps.shape}; expected [clips="
@@ -176,7 +256,8 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
 def run(config, checkpoint_dir, keypoints_path, output, *, layout: str = "auto",
         image_size=None, normalized: bool = False,
         min_confidence: float = keypoints_lib.DEFAULT_MIN_CONFIDENCE, render=None,
-        render_frame: int | None = None, fps: float = 25.0) -> dict[str, np.ndarray]:
+        render_frame: int | None = None, fps: float = 25.0,
+        action: str | None = None) -> dict[str, np.ndarray]:
   """The `python -m posediff_jax.predict` pipeline: read, lift, save, render.
 
   Every input is checked before the model is loaded, so a wrong file fails at once.
@@ -193,6 +274,7 @@ def run(config, checkpoint_dir, keypoints_path, output, *, layout: str = "auto",
     render: optional picture to write (`.png`, `.gif`, `.mp4`).
     render_frame: the frame a `.png` shows (needed when there are several).
     fps: frames per second of a rendered animation.
+    action: FinePOSE/DSGDiffu: the prompt action (`action_row`).
 
   Returns:
     What was saved to `output`.
@@ -216,9 +298,13 @@ def run(config, checkpoint_dir, keypoints_path, output, *, layout: str = "auto",
       raise ValueError(f"--render_frame picks the frame of a .png; {render} is an animation")
     plots.check_render_path(render, 1 if render_frame is not None else num_frames)
 
+  refusal = mmdiff_refusal(config)
+  if refusal:
+    raise ValueError(refusal)
   params, meta, _ = checkpoint.load_model(checkpoint_dir, use_ema=config.eval.use_ema)
   evaluation.check_checkpoint_matches(config, meta, checkpoint_dir)
-  result = predict_sequence(config, params, prepared.normalized)
+  row = action_row(config, meta, action, checkpoint_dir)
+  result = predict_sequence(config, params, prepared.normalized, action_index=row)
   saved = {**result, "keypoints_2d": prepared.normalized, "interpolated": prepared.interpolated,
            "joint_names": np.array(skeleton.H36M_JOINT_NAMES)}
   if prepared.pixels is not None:
@@ -245,7 +331,9 @@ def define_flags():
   """The command line's flags, defined only when run as a program (importing defines none)."""
   holders = {
       "config": config_flags.DEFINE_config_file(
-          "config", None, "Config file (configs/*.py[:variant]).", lock_config=True),
+          "config", None, "Config file (configs/*.py[:variant]) or a shipped config's name: the "
+          "family and its sampling settings (the model sizes come from the checkpoint).",
+          lock_config=True),
       "checkpoint": flags.DEFINE_string("checkpoint", None,
                                         "Converted or trained checkpoint directory."),
       "keypoints": flags.DEFINE_string("keypoints", None,
@@ -267,6 +355,10 @@ def define_flags():
       "render_frame": flags.DEFINE_integer("render_frame", None,
                                            "The frame a .png render shows."),
       "fps": flags.DEFINE_float("fps", 25.0, "Frames per second of a rendered animation."),
+      "action": flags.DEFINE_string(
+          "action", None, "FinePOSE and DSGDiffu: the action whose text prompt conditions the "
+          "model, one of the checkpoint's prompt actions (e.g. Walking); the other families take "
+          "none."),
   }
   flags.mark_flags_as_required(["config", "checkpoint", "keypoints", "output"])
   return holders
@@ -277,18 +369,34 @@ def main(argv, holders):
     raise ValueError(f"unexpected arguments {argv[1:]}; every option is one --flag=value "
                      "(e.g. --image_size=1920,1080)")
   value = {name: holder.value for name, holder in holders.items()}
+  config = value["config"]
+  refusal = mmdiff_refusal(config)
+  if refusal:
+    raise ValueError(refusal)
+  # The checkpoint's model sizes replace the config's (except those set on the command line).
+  adopted = model_sizes.adopt_from_checkpoint(config, value["checkpoint"],
+                                              runtime.config_overrides("config"))
   # Every value and path before the keypoints or the model are read.
-  config_checks.check_predict(value["config"], value["checkpoint"], value["keypoints"],
+  config_checks.check_predict(config, value["checkpoint"], value["keypoints"],
                               value["output"], value["render"], value["fps"],
                               layout=value["format"], image_size=value["image_size"],
                               normalized=value["normalized"],
-                              min_confidence=value["min_confidence"])
+                              min_confidence=value["min_confidence"], action=value["action"])
   runtime.initialize()
-  run(value["config"], value["checkpoint"], value["keypoints"], value["output"],
+  if adopted is not None:
+    print(adopted.line(), flush=True)
+  run(config, value["checkpoint"], value["keypoints"], value["output"],
       layout=value["format"], image_size=parse_image_size(value["image_size"]),
       normalized=value["normalized"], min_confidence=value["min_confidence"],
-      render=value["render"], render_frame=value["render_frame"], fps=value["fps"])
+      render=value["render"], render_frame=value["render_frame"], fps=value["fps"],
+      action=value["action"])
+
+
+def cli() -> None:
+  """`python -m posediff_jax.predict` and `posediff-predict`."""
+  holders = define_flags()
+  runtime.run(functools.partial(main, holders=holders), usage=__doc__, key_flags=holders)
 
 
 if __name__ == "__main__":
-  runtime.run(functools.partial(main, holders=define_flags()))
+  cli()

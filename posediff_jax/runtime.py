@@ -335,7 +335,7 @@ def quiet_libtpu_without_tpu() -> None:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 
-def run(main, usage: str | None = None) -> None:
+def run(main, usage: str | None = None, key_flags=()) -> None:
   """`absl.app.run(main)`, printing user errors as one `error: ...` line with exit status 2.
 
   Covers the command line (`parse_flags`), `USER_ERRORS` raised by `main` and `app.UsageError`.
@@ -345,10 +345,14 @@ def run(main, usage: str | None = None) -> None:
     main: the tool's `main(argv)`.
     usage: the text `--help` shows above the flags: the tool's docstring. absl reads it from
       `__main__`, which for an installed command (`posediff-train`) is pip's launcher.
+    key_flags: the names of the tool's flags, which `--help` lists. absl lists the flags defined
+      in `__main__`; the tools define theirs in their own modules.
   """
   quiet_libtpu_without_tpu()
   if usage is not None:
     sys.modules["__main__"].__doc__ = usage
+  for name in key_flags:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
   def guarded(argv):
     # Quiet library INFO logs (matplotlib's font cache, orbax) from the first line of main on;
