@@ -365,4 +365,13 @@ def run(main, usage: str | None = None, key_flags=()) -> None:
         raise
       fail(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
 
-  app.run(guarded, flags_parser=parse_flags)
+  try:
+    app.run(guarded, flags_parser=parse_flags)
+  except SystemExit as e:
+    # absl ends `--help` with status 1; help that was asked for is a success.
+    if e.code == 1 and _HELP_FLAGS.intersection(arg.split("=")[0] for arg in sys.argv[1:]):
+      sys.exit(0)
+    raise
+
+
+_HELP_FLAGS = frozenset({"-h", "-?", "-help", "--help", "--helpshort", "--helpfull"})

@@ -3,6 +3,8 @@
 The frame families run the tiny DiffPose of `tests/tiny_run.py` with fresh weights; the video path
 runs a stub family whose `sample` writes where each value came from into its output, so the clip
 cutting, padding, stitching and hypothesis handling are checked without any real video model.
+Then the command runs once per family on tiny checkpoints (fresh weights, no size flags: the
+checkpoint's sizes are taken), FinePOSE and DSGDiffu with --action; mmDiff is refused.
 """
 
 import json
@@ -269,3 +271,101 @@ def test_cli_bad_input_is_one_error_line(tiny, tmp_path, cache):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and words in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Every family: the prompt families' --action, mmDiff's refusal, and one run of each.
+
+
+def test_action_row_names_the_checkpoints_prompt_actions():
+  config = tiny_run.tiny_family_config("finepose", "unused")
+  meta = families.get("finepose").checkpoint_meta(config)
+  names = meta["text_actions"]
+  assert predict.action_row(config, meta, "Walking") == names.index("Walking")
+  # Case, spaces and a Human3.6M action key ('Walk dog', 'walking 1') find the same prompt.
+  assert predict.action_row(config, meta, "walkdog") == names.index("WalkDog")
+  assert predict.action_row(config, meta, "Walking 1") == names.index("Walking")
+  with pytest.raises(ValueError, match=r"pass --action=NAME, one of its prompt actions: "
+                     r"Directions, Discussion, .*WalkTogether"):
+    predict.action_row(config, meta, None, "ckpt")
+  with pytest.raises(ValueError, match=r"--action=Jogging is not one of the prompt actions of "
+                     r"checkpoint ckpt: Directions, "):
+    predict.action_row(config, meta, "Jogging", "ckpt")
+  assert predict.action_row(config, {**meta, "text_actions": ["Walking"]}, None) == 0
+  d3dp = tiny_run.tiny_family_config("d3dp", "unused")
+  assert predict.action_row(d3dp, {}, None) is None
+  with pytest.raises(ValueError, match=r"only FinePOSE and DSGDiffu models take an action"):
+    predict.action_row(d3dp, {}, "Walking")
+
+
+def test_mmdiff_is_refused_in_one_line():
+  config = tiny_run.tiny_family_config("mmdiff", "unused")
+  with pytest.raises(ValueError, match=r"mmDiff estimates poses from radar point clouds: "
+                     r"evaluate an mmDiff checkpoint on radar data with evaluate.py"):
+    predict.predict_sequence(config, {}, np.zeros((3, 17, 2), np.float32))
+
+
+@pytest.fixture(scope="module")
+def family_checkpoints(tmp_path_factory):
+  """{family: checkpoint dir} of each family's tiny model with fresh weights."""
+  folder = tmp_path_factory.mktemp("family_checkpoints")
+  out = {}
+  for name in ("diffpose", "icassp", "d3dp", "finepose", "dsgdiffu"):
+    config = tiny_run.tiny_family_config(name, folder / "unused_data")
+    family = families.get(name)
+    params = jax.tree.map(np.asarray, family.init_params(config, jax.random.key(0)))
+    out[name] = checkpoint.save_model(folder / name, params, family.checkpoint_meta(config))
+  return out
+
+
+# (config, extra flags): the family's own Human3.6M config, no size flags (the checkpoint's sizes
+# are taken), few hypotheses and steps for the video families.
+_FAMILY_RUNS = {
+    "diffpose": ("configs/diffpose_h36m.py:cpn", []),
+    "icassp": ("configs/icassp_h36m.py:cpn", []),
+    "d3dp": ("configs/d3dp_h36m.py:cpn", ["--config.sampling.num_hypotheses=2",
+                                          "--config.sampling.num_steps=2"]),
+    "finepose": ("configs/finepose_h36m.py:cpn", ["--config.sampling.num_hypotheses=2",
+                                                  "--config.sampling.num_steps=2",
+                                                  "--action=Walking"]),
+    "dsgdiffu": ("configs/dsgdiffu_h36m.py:cpn", ["--config.sampling.num_hypotheses=2",
+                                                  "--config.sampling.num_steps=2",
+                                                  "--action=walking 1"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(_FAMILY_RUNS))
+def test_cli_runs_every_family(name, family_checkpoints, tmp_path, cache):
+  coco, scores, size = _synthetic_coco(11)  # 11 frames: two 9-frame clips for the video models
+  json_path, _ = _write_inputs(tmp_path, coco, scores)
+  config, extra = _FAMILY_RUNS[name]
+  proc = tiny_run.python(
+      ["-m", "posediff_jax.predict", f"--config={config}",
+       f"--checkpoint={family_checkpoints[name]}", f"--keypoints={json_path}",
+       f"--image_size={size[0]},{size[1]}", f"--output={tmp_path / 'out.npz'}", *extra],
+      cache_dir=cache)
+  assert proc.stdout.startswith(f"model sizes from checkpoint {family_checkpoints[name]}: ")
+  out = np.load(tmp_path / "out.npz")
+  assert out["poses_3d"].shape == (11, 17, 3) and np.isfinite(out["poses_3d"]).all()
+  if name in ("d3dp", "finepose", "dsgdiffu"):
+    assert out["hypotheses_3d"].shape == (11, 2, 17, 3)
+
+
+def test_cli_prompt_families_need_an_action_and_mmdiff_is_refused(family_checkpoints, tmp_path,
+                                                                  cache):
+  coco, scores, size = _synthetic_coco(3)
+  json_path, _ = _write_inputs(tmp_path, coco, scores)
+  common = [f"--keypoints={json_path}", f"--image_size={size[0]},{size[1]}",
+            f"--output={tmp_path / 'out.npz'}"]
+  for config, ckpt, extra, words in (
+      ("configs/finepose_h36m.py", family_checkpoints["finepose"], [],
+       ["pass --action=NAME", "Walking"]),
+      ("configs/mmdiff_mmbody.py", family_checkpoints["d3dp"], [],
+       ["mmDiff estimates poses from radar point clouds", "evaluate.py"])):
+    proc = tiny_run.python(["-m", "posediff_jax.predict", f"--config={config}",
+                            f"--checkpoint={ckpt}", *common, *extra], cache_dir=cache, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out.npz").exists()

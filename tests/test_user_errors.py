@@ -434,16 +434,20 @@ def test_noisy_detections_are_accepted_with_warnings():
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. Model sizes: every mismatch at once, with the overrides to pass.
+# 9. Model sizes: a size flag that contradicts the checkpoint (or the weights), all at once.
 
 
-def test_evaluate_names_every_size_that_differs(ckpt, data, cache):
-  # configs/demo.py's sizes (64 wide, 2 layers) against the tiny checkpoint's (16, 1).
+def test_evaluate_names_every_size_flag_the_checkpoint_contradicts(ckpt, data, cache):
+  # The tiny checkpoint is 16 wide with 1 layer; its sizes replace configs/demo.py's (64, 2)
+  # unless the command line sets them, as here.
   proc = _run(["evaluate.py", "--config", "configs/demo.py", "--checkpoint", ckpt,
-               f"--config.data.root={data}"], cache)
-  _one_error_line(proc, ckpt, "model.hid_dim=16 (the config has 64)",
-                  "pass --config.model.hid_dim=16 --config.model.num_layers=1 "
-                  "--config.lifter.hid_dim=16 --config.lifter.num_layers=1")
+               f"--config.data.root={data}", "--config.model.hid_dim=64",
+               "--config.model.num_layers=1", "--config.lifter.num_layers=2"], cache)
+  line = _one_error_line(
+      proc, ckpt, "--config.model.hid_dim=64 but the checkpoint has model.hid_dim=16",
+      "--config.lifter.num_layers=2 but the checkpoint has lifter.num_layers=1",
+      "pass --config.model.hid_dim=16 --config.lifter.num_layers=1")
+  assert "model.num_layers" not in line  # set on the command line, but as the checkpoint has it
 
 
 def test_check_checkpoint_matches_formats_tuples_as_overrides(tiny):
@@ -455,14 +459,26 @@ def test_check_checkpoint_matches_formats_tuples_as_overrides(tiny):
       "'--config.phase1.temporal_padding=(1, 0)'")
 
 
-def test_convert_names_the_sizes_of_both_files_at_once(tmp_path, cache):
-  root = parity_dir("diffpose")  # hid_dim 64 and 2 layers, against the config's 96 and 5
+def test_convert_names_every_size_flag_of_both_files_the_weights_contradict(tmp_path, cache):
+  root = parity_dir("diffpose")  # hid_dim 64 and 2 layers (the config has 96 and 5)
   proc = _run(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
                root / "denoiser.pth", "--lifter", root / "lifter.pth", "--output",
-               tmp_path / "out"], cache)
+               tmp_path / "out", "--config.model.hid_dim=96", "--config.model.num_layers=2",
+               "--config.lifter.num_layers=5"], cache)
   _one_error_line(proc, root / "denoiser.pth", root / "lifter.pth",
-                  "pass --config.model.hid_dim=64 --config.model.num_layers=2 "
-                  "--config.lifter.hid_dim=64 --config.lifter.num_layers=2")
+                  "--config.model.hid_dim=96 but the weights have model.hid_dim=64",
+                  "--config.lifter.num_layers=5 but the weights have lifter.num_layers=2",
+                  "pass --config.model.hid_dim=64 --config.lifter.num_layers=2")
+  assert not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_a_head_count_that_does_not_divide_the_weights_width(tmp_path, cache):
+  root = parity_dir("diffpose")  # 64 wide: no head count shows in the weights, 3 cannot split 64
+  proc = _run(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
+               root / "denoiser.pth", "--lifter", root / "lifter.pth", "--output",
+               tmp_path / "out", "--config.lifter.n_head=3"], cache)
+  _one_error_line(proc, "lifter.n_head=3 does not divide lifter.hid_dim=64",
+                  "--config.lifter.n_head=N with N one of 1, 2, 4, 8, 16, 32, 64")
   assert not (tmp_path / "out").exists()
 
 
