@@ -133,7 +133,7 @@ def synthetic_batch(config, stage: str, seed: int = 0) -> dict[str, np.ndarray]:
   """One training batch with the keys, shapes and dtypes the family's training stream yields.
 
   Frames (data/pipeline.py): `input_2d`, `input_2d_var` [B, 17, 2], `target_3d` [B, 17, 3],
-  `action` [B]. Clips (data/video.py): `input_2d` [B, F, 17, 2], `target_3d` [B, F, 17, 3],
+  `action` [B]. Clips (data/clip_pipeline.py): `input_2d` [B, F, 17, 2], `target_3d` [B, F, 17, 3],
   `sequence` [B], and for the prompt families the `action_index` [B] train.py adds. Radar
   (data/radar.py): the encoder stage `radar` [B, T, P, C], `target_3d`; the denoiser stage
   `x_history` [B, 17, 3 (past + 1)], `features` [B, 17, F], `target_3d` and, when the LRC reads

@@ -113,6 +113,10 @@ def get_config(arg=None):
   # the whole batch when the loss is a batch mean and has no randomness (dropout and diffusion noise
   # are drawn per micro-batch). batch_size must divide by k x the number of devices.
   c.train.grad_accum_steps = 1
+  # On CPU the batch runs as passes of this many rows, the gradients averaged (the same step up to
+  # float32 rounding; antithetic timesteps are paired within a pass): cache-sized activations made
+  # the 1024-row step ~2x faster than all rows at once. 0 = all at once; other backends always.
+  c.train.cpu_chunk_size = 128
   # "bfloat16" runs the forward and backward passes in bfloat16; parameters, optimizer state and
   # EMA stay float32.
   c.train.compute_dtype = "float32"

@@ -38,6 +38,9 @@ def add_text_branch(c, family: str) -> None:
   # more than a v5e chip's 16 (python -m posediff_jax.plan --topology v5litepod-8): run them 80
   # rows at a time on accelerators. Same results; the CPU keeps eval.cpu_chunk_size.
   c.eval.chunk_size = 80
+  # A batch's rows interact (upstream's text tiling; DSGDiffu's graph attention on row 0), so the
+  # training batch cannot run in passes of fewer clips.
+  c.train.cpu_chunk_size = 0
 
 
 def get_config(arg=None):

@@ -156,6 +156,8 @@ def get_config(arg=None):
   c.train.checkpoint_every = 0  # steps; 0 = at the end of every epoch
   c.train.keep_checkpoints = 3
   c.train.grad_accum_steps = 1
+  # On CPU, rows per forward/backward pass (gradients averaged over passes); 0 = all at once.
+  c.train.cpu_chunk_size = 0
   c.train.compute_dtype = "float32"
   c.train.eval_at_start = False
   c.train.eval_max_batches = 0

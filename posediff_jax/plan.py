@@ -206,8 +206,8 @@ def _spec(shape, dtype, sharding_) -> jax.ShapeDtypeStruct:
 
 def train_batch(config, stage: str, batch_size: int, sharding_) -> dict:
   """The global training batch of `stage` as the family's stream yields it (+ train.py's
-  `action_index` for prompt families): frames `data/pipeline.py`, clips `data/video.py`, radar
-  `data/radar.py`'s `encoder_batch` / `denoiser_batch`."""
+  `action_index` for prompt families): frames `data/frame_pipeline.py`, clips
+  `data/clip_pipeline.py`, radar `data/radar_pipeline.py`'s `encoder_batch` / `denoiser_batch`."""
   b, f32, i32 = batch_size, jnp.float32, jnp.int32
   spec = lambda shape, dtype=f32: _spec(shape, dtype, sharding_)
   kind = datasets.layout(config)
@@ -242,7 +242,7 @@ def eval_inputs(config, mesh) -> tuple:
   kind = datasets.layout(config)
   b = int(config.eval.batch_size)
   if kind == "clips":
-    # D = the data axis: D mini-batches of B clips per call (video_evaluation.evaluate, _stack).
+    # D = the data axis: D mini-batches of B clips per call (evaluation.clips.evaluate, _stack).
     d, frames, joints = mesh.shape["data"], config.model.num_frames, config.model.num_joints
     spec = lambda shape, dtype=jnp.float32: _spec((d,) + shape, dtype, by_batch)
     batch = {"input_2d": spec((b, frames, joints, 2)), "target_3d": spec((b, frames, joints, 3)),
@@ -480,7 +480,7 @@ def plan_eval(config, mesh) -> tuple:
   family = families.get(config.family)
   shapes = jax.eval_shape(lambda: family.init_params(config, jax.random.key(config.seed)))
   if datasets.layout(config) == "radar":
-    shapes = {"denoiser": shapes["denoiser"]}  # radar_evaluation.evaluate passes only these
+    shapes = {"denoiser": shapes["denoiser"]}  # evaluation.radar.evaluate passes only these
   else:
     needed = family.eval_parts(config) if hasattr(family, "eval_parts") else family.STAGES
     shapes = {k: v for k, v in shapes.items() if k in needed or k == "text_cache"}

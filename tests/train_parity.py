@@ -44,12 +44,13 @@ def load(family: str) -> tuple[pathlib.Path, dict[str, np.ndarray], dict]:
 def set_frame_recipe(config, up: dict) -> None:
   """Gives `config` the recipe of a DiffPose-layout fixture's json (DiffPose, ICASSP, mmDiff):
   Adam, clipping, EMA, the staircase lr, the schedule length, and every dropout at 0 (the
-  fixtures run with dropout zeroed, train_step.md "Determinism")."""
+  fixtures run with dropout zeroed, train_step.md "Determinism"). The batch runs in one pass, as
+  upstream's: its antithetic timesteps (`t_half`) pair rows across the whole batch."""
   assert tuple(up["betas"]) == (0.9, 0.999) and not up["amsgrad"], up  # make_optimizer's Adam
   config.train.update(lr=up["lr_init"], adam_eps=up["eps"], weight_decay=up["weight_decay"],
                       grad_clip=up.get("grad_clip_max_norm", 0.0), ema_rate=up["ema_rate"],
                       lr_decay_epochs=up["decay"], lr_gamma=up["lr_gamma"], grad_accum_steps=1,
-                      compute_dtype="float32")
+                      compute_dtype="float32", cpu_chunk_size=0)
   config.diffusion.num_steps = up["num_timesteps"]
   config.model.update(dropout=0.0, inner_dropout=0.0)
 
