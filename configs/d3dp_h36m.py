@@ -113,9 +113,8 @@ def get_config(arg=None):
   c.train.keep_checkpoints = 3
   c.train.grad_accum_steps = 1
   # On CPU the batch runs as passes of this many clips, the gradients averaged (same step up to
-  # float32 rounding): a clip's activations stay in cache, which made the float32 step ~1.5x and
-  # the bfloat16 step ~2x faster than all 4 clips at once (docs/benchmarks.md). 0 = all rows.
-  # Other backends always take the whole batch.
+  # float32 rounding): smaller activations, faster on a 2-core CPU (docs/benchmarks.md). 0 = all
+  # rows at once. Other backends always take the whole batch.
   c.train.cpu_chunk_size = 1
   c.train.compute_dtype = "float32"
   c.train.eval_at_start = False
