@@ -62,17 +62,6 @@ def _assert_table_matches(rows, results: dict) -> None:
     assert p2 == pytest.approx(saved["p2_mm"], abs=0.005 + 1e-9), action
 
 
-def _assert_one_line_error(proc, *words) -> str:
-  """Status 2, no traceback, exactly one `error: ` line on stderr, naming `words`."""
-  assert proc.returncode == 2, f"status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-  assert "Traceback" not in proc.stderr, proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1, proc.stderr
-  for word in words:
-    assert str(word) in errors[0], (word, errors[0])
-  return errors[0]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data, cache):
   """`python train.py --config configs/demo.py --workdir W ...` with the tiny overrides."""
@@ -158,7 +147,7 @@ def test_evaluate_on_an_action_subset_saves_its_predictions(trained, data, cache
   bad = tiny_run.python(["evaluate.py", "--config", "configs/demo.py", "--checkpoint",
                          str(workdir), "--config.data.actions=('Jogging',)", *_model_flags(data)],
                         cache_dir=cache, check=False)
-  _assert_one_line_error(bad, "config.data.actions", "Jogging")
+  tiny_run.one_error_line(bad, "config.data.actions", "Jogging")
 
 
 def test_evaluate_with_another_width_fails_with_one_line(trained, data, cache):
@@ -167,8 +156,8 @@ def test_evaluate_with_another_width_fails_with_one_line(trained, data, cache):
   proc = tiny_run.python(["evaluate.py", "--config", "configs/demo.py", "--checkpoint",
                           str(workdir), *_model_flags(data, model__hid_dim=2 * hid)],
                          cache_dir=cache, check=False)
-  _assert_one_line_error(proc, str(workdir), f"model.hid_dim={hid}", 2 * hid,
-                         f"--config.model.hid_dim={hid}")
+  tiny_run.one_error_line(proc, str(workdir), f"model.hid_dim={hid}", 2 * hid,
+                          f"--config.model.hid_dim={hid}")
 
 
 def test_train_with_a_lifter_checkpoint_of_another_width_fails_with_one_line(trained, data, cache,
@@ -181,7 +170,7 @@ def test_train_with_a_lifter_checkpoint_of_another_width_fails_with_one_line(tra
                                                   "train.lifter_steps": 0}),
                           f"--config.train.lifter_checkpoint={workdir}"],
                          cache_dir=cache, check=False)
-  _assert_one_line_error(proc, f"lifter.hid_dim={hid}", f"--config.lifter.hid_dim={hid}")
+  tiny_run.one_error_line(proc, f"lifter.hid_dim={hid}", f"--config.lifter.hid_dim={hid}")
 
 
 def test_evaluate_a_checkpoint_of_another_family_fails_with_one_line(data, cache, tmp_path):
@@ -190,14 +179,14 @@ def test_evaluate_a_checkpoint_of_another_family_fails_with_one_line(data, cache
                                "denoiser": {"w": np.zeros(2, np.float32)}}, {"family": "icassp"})
   proc = tiny_run.python(["evaluate.py", "--config", "configs/demo.py", "--checkpoint", str(ckpt),
                           *_model_flags(data)], cache_dir=cache, check=False)
-  _assert_one_line_error(proc, str(ckpt), "'icassp'", "'diffpose'")
+  tiny_run.one_error_line(proc, str(ckpt), "'icassp'", "'diffpose'")
 
 
 def test_evaluate_a_missing_checkpoint_directory_fails_with_one_line(data, cache, tmp_path):
   missing = tmp_path / "no_such_checkpoint"
   proc = tiny_run.python(["evaluate.py", "--config", "configs/demo.py", "--checkpoint",
                           str(missing), *_model_flags(data)], cache_dir=cache, check=False)
-  _assert_one_line_error(proc, "not found", str(missing))
+  tiny_run.one_error_line(proc, "not found", str(missing))
 
 
 def test_train_with_a_missing_data_file_fails_with_one_line(data, cache, tmp_path):
@@ -210,8 +199,8 @@ def test_train_with_a_missing_data_file_fails_with_one_line(data, cache, tmp_pat
                           str(tmp_path / "run"), *tiny_run.config_flags(),
                           f"--config.data.root={partial}",
                           "--config.data.generate_synthetic=False"], cache_dir=cache, check=False)
-  _assert_one_line_error(proc, partial / "data_2d_h36m_cpn_ft_h36m_dbb_gmm.npz",
-                         "config.data.test_2d", "not found")
+  tiny_run.one_error_line(proc, partial / "data_2d_h36m_cpn_ft_h36m_dbb_gmm.npz",
+                          "config.data.test_2d", "not found")
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -221,7 +210,7 @@ def test_train_with_a_batch_the_devices_cannot_split_fails_with_one_line(data, c
   proc = tiny_run.python(["train.py", "--config", "configs/demo.py", "--workdir",
                           str(tmp_path / "run"), f"--config.data.root={data}",
                           *tiny_run.config_flags()], cache_dir=cache, devices=3, check=False)
-  _assert_one_line_error(proc, f"train.batch_size={batch}", "3 devices")
+  tiny_run.one_error_line(proc, f"train.batch_size={batch}", "3 devices")
 
 
 def test_convert_a_checkpoint_that_runs_code_fails_with_one_line(cache, tmp_path):
@@ -231,7 +220,7 @@ def test_convert_a_checkpoint_that_runs_code_fails_with_one_line(cache, tmp_path
   proc = tiny_run.python(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
                           str(evil), "--lifter", str(evil), "--output", str(tmp_path / "out")],
                          cache_dir=cache, check=False)
-  _assert_one_line_error(proc, evil, "system")
+  tiny_run.one_error_line(proc, evil, "system")
   assert not marker.exists() and not (tmp_path / "out").exists()
 
 
@@ -240,7 +229,7 @@ def test_convert_a_missing_file_fails_with_one_line(cache, tmp_path):
   proc = tiny_run.python(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
                           str(missing), "--lifter", str(missing), "--output",
                           str(tmp_path / "out")], cache_dir=cache, check=False)
-  _assert_one_line_error(proc, missing, "not found")
+  tiny_run.one_error_line(proc, missing, "not found")
 
 
 def test_convert_with_the_wrong_width_or_the_wrong_file_fails_with_one_line(cache, tmp_path):
@@ -251,10 +240,10 @@ def test_convert_with_the_wrong_width_or_the_wrong_file_fails_with_one_line(cach
   proc = tiny_run.python(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
                           str(denoiser), "--lifter", str(lifter), "--output", str(tmp_path / "a"),
                           "--config.model.hid_dim=32", *sizes], cache_dir=cache, check=False)
-  _assert_one_line_error(proc, denoiser, "hid_dim=64", "--config.model.hid_dim=64")
+  tiny_run.one_error_line(proc, denoiser, "hid_dim=64", "--config.model.hid_dim=64")
   # The lifter's file given as the denoiser.
   proc = tiny_run.python(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
                           str(lifter), "--lifter", str(lifter), "--output", str(tmp_path / "b"),
                           "--config.model.hid_dim=64", *sizes], cache_dir=cache, check=False)
-  _assert_one_line_error(proc, lifter, "DiffPose lifter", "expected a DiffPose denoiser")
+  tiny_run.one_error_line(proc, lifter, "DiffPose lifter", "expected a DiffPose denoiser")
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

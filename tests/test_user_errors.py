@@ -51,17 +51,6 @@ def _run(args, cache) -> subprocess.CompletedProcess:
   return tiny_run.python([str(a) for a in args], cache_dir=cache, check=False)
 
 
-def _one_error_line(proc, *words) -> str:
-  """Status 2, no traceback, exactly one `error: ` line on stderr, naming every one of `words`."""
-  assert proc.returncode == 2, f"status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-  assert "Traceback" not in proc.stderr, proc.stderr
-  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1, proc.stderr
-  for word in words:
-    assert str(word) in errors[0], (word, errors[0])
-  return errors[0]
-
-
 def _model_flags(data_root=None) -> list[str]:
   """The tiny model's sizes and eval settings (no train.*), and the data root if given."""
   flags = [f for f in tiny_run.config_flags() if not f.startswith("--config.train.")]
@@ -143,7 +132,7 @@ def test_predict_with_an_empty_or_truncated_keypoint_file(tmp_path, ckpt, cache)
     proc = _run(["-m", "posediff_jax.predict", "--config", "configs/demo.py", *_model_flags(),
                  f"--checkpoint={ckpt}", f"--keypoints={path}", "--format=coco",
                  "--image_size=1000,1000", f"--output={tmp_path / 'out.npz'}"], cache)
-    _one_error_line(proc, path, *words)
+    tiny_run.one_error_line(proc, path, *words)
   assert not (tmp_path / "out.npz").exists()
 
 
@@ -170,8 +159,8 @@ def damaged_workdir(tiny, tmp_path_factory):
 def test_evaluate_a_workdir_whose_newest_step_is_damaged(damaged_workdir, data, cache):
   proc = _run(["evaluate.py", "--config", "configs/demo.py", "--checkpoint", damaged_workdir,
                *_model_flags(data)], cache)
-  line = _one_error_line(proc, damaged_workdir / "checkpoints", "step 4", "unreadable",
-                         "previous step 2", damaged_workdir / "checkpoints" / "4")
+  line = tiny_run.one_error_line(proc, damaged_workdir / "checkpoints", "step 4", "unreadable",
+                                 "previous step 2", damaged_workdir / "checkpoints" / "4")
   assert len(line) < 1000, line
   assert "Event loop is closed" not in proc.stderr
   # evaluate.py only reads: the damaged step is neither renamed nor skipped silently.
@@ -186,7 +175,7 @@ def test_predict_with_a_damaged_converted_checkpoint(tiny, keypoint_file, tmp_pa
   proc = _run(["-m", "posediff_jax.predict", "--config", "configs/demo.py", *_model_flags(),
                f"--checkpoint={damaged}", f"--keypoints={path}",
                f"--image_size={size[0]},{size[1]}", f"--output={tmp_path / 'out.npz'}"], cache)
-  _one_error_line(proc, damaged, "step 0", "unreadable", "write the checkpoint again")
+  tiny_run.one_error_line(proc, damaged, "step 0", "unreadable", "write the checkpoint again")
   assert "Event loop is closed" not in proc.stderr
   assert not (tmp_path / "out.npz").exists()
 
@@ -207,7 +196,7 @@ def test_train_into_a_read_only_workdir_fails_before_loading_data(read_only, tmp
   fresh = tmp_path / "fresh_data"  # the demo would generate its synthetic set here first
   proc = _run(["train.py", "--config", "configs/demo.py", "--workdir", read_only / "run",
                f"--config.data.root={fresh}"], cache)
-  _one_error_line(proc, "--workdir", read_only / "run", "not writable")
+  tiny_run.one_error_line(proc, "--workdir", read_only / "run", "not writable")
   assert not fresh.exists() and not (read_only / "run").exists()
 
 
@@ -216,8 +205,8 @@ def test_evaluate_outputs_in_a_read_only_folder_fail_before_evaluating(read_only
   proc = _run(["evaluate.py", "--config", "configs/demo.py", "--checkpoint", ckpt,
                *_model_flags(data), f"--output={read_only / 'results' / 'out.json'}",
                f"--plots={read_only / 'plots'}"], cache)
-  _one_error_line(proc, "2 problems", "--output", read_only / "results" / "out.json", "--plots",
-                  read_only / "plots")
+  tiny_run.one_error_line(proc, "2 problems", "--output", read_only / "results" / "out.json",
+                          "--plots", read_only / "plots")
   assert "===Action===" not in proc.stdout  # nothing was evaluated
   assert not (read_only / "results").exists() and not (read_only / "plots").exists()
 
@@ -228,7 +217,7 @@ def test_predict_outputs_in_a_read_only_folder(read_only, ckpt, keypoint_file, c
                f"--checkpoint={ckpt}", f"--keypoints={path}", f"--image_size={size[0]},{size[1]}",
                f"--output={read_only / 'out.npz'}", f"--render={read_only / 'sub' / 'out.gif'}"],
               cache)
-  _one_error_line(proc, "--output", read_only / "out.npz", "--render", read_only / "sub")
+  tiny_run.one_error_line(proc, "--output", read_only / "out.npz", "--render", read_only / "sub")
   assert not (read_only / "sub").exists()
 
 
@@ -237,10 +226,10 @@ def test_convert_into_a_read_only_folder_or_onto_a_file(read_only, tmp_path, cac
   torch_file.write_bytes(b"not read: the output is checked first")
   proc = _run(["convert_torch_weights.py", "--family", "diffpose", "--lifter", torch_file,
                "--output", read_only / "ckpt"], cache)
-  _one_error_line(proc, "--output", read_only / "ckpt", "not writable")
+  tiny_run.one_error_line(proc, "--output", read_only / "ckpt", "not writable")
   proc = _run(["convert_torch_weights.py", "--family", "diffpose", "--lifter", torch_file,
                "--output", torch_file / "ckpt"], cache)
-  _one_error_line(proc, "--output", torch_file, "is a file")
+  tiny_run.one_error_line(proc, "--output", torch_file, "is a file")
 
 
 def test_writable_problem_creates_nothing(tmp_path):
@@ -263,17 +252,17 @@ def test_misspelled_overrides_name_the_nearest_fields(tmp_path, cache):
   proc = _run(["train.py", "--config", "configs/demo.py", "--workdir", tmp_path / "run",
                "--config.train.bach_size=8", "--config.trian.steps=3", "--config.batch_size=8"],
               cache)
-  _one_error_line(proc, "did you mean --config.train.batch_size?",
-                  "did you mean --config.train.steps?",
-                  "--config.eval.batch_size or --config.train.batch_size")
+  tiny_run.one_error_line(proc, "did you mean --config.train.batch_size?",
+                          "did you mean --config.train.steps?",
+                          "--config.eval.batch_size or --config.train.batch_size")
   assert not (tmp_path / "run").exists()
 
 
 def test_misspelled_override_of_the_converters_default_config(tmp_path, cache):
   proc = _run(["convert_torch_weights.py", "--family", "d3dp", "--checkpoint", tmp_path / "x.bin",
                "--output", tmp_path / "out", "--config.model.embeddim=64"], cache)
-  _one_error_line(proc, "--config.model.embeddim", "d3dp_h36m.py",
-                  "did you mean --config.model.embed_dim?")
+  tiny_run.one_error_line(proc, "--config.model.embeddim", "d3dp_h36m.py",
+                          "did you mean --config.model.embed_dim?")
 
 
 def test_override_syntax_is_unchanged(tmp_path, cache):
@@ -282,25 +271,25 @@ def test_override_syntax_is_unchanged(tmp_path, cache):
   proc = _run(["evaluate.py", "--config", "configs/demo.py", "--checkpoint", tmp_path / "none",
                "--config.eval.batch_size", "-3", "--noconfig.eval.use_ema",
                "--config.sampling.num_steps=0"], cache)
-  _one_error_line(proc, "config.eval.batch_size=-3", "config.sampling.num_steps=0",
-                  f"--checkpoint {tmp_path / 'none'}")
+  tiny_run.one_error_line(proc, "config.eval.batch_size=-3", "config.sampling.num_steps=0",
+                          f"--checkpoint {tmp_path / 'none'}")
 
 
 def test_missing_config_file(tmp_path, cache):
   proc = _run(["train.py", "--config", "configs/dem.py", "--workdir", tmp_path / "run"], cache)
-  _one_error_line(proc, "configs/dem.py", "not found", "did you mean configs/demo.py?")
+  tiny_run.one_error_line(proc, "configs/dem.py", "not found", "did you mean configs/demo.py?")
   proc = _run(["evaluate.py", "--config", tmp_path / "nowhere.py", "--checkpoint", tmp_path],
               cache)
-  _one_error_line(proc, tmp_path / "nowhere.py", "not found")
+  tiny_run.one_error_line(proc, tmp_path / "nowhere.py", "not found")
 
 
 def test_unknown_variants_and_variants_of_a_config_without_any(tmp_path, cache):
   proc = _run(["evaluate.py", "--config", "configs/diffpose_h36m.py:nope", "--checkpoint",
                tmp_path], cache)
-  _one_error_line(proc, "unknown variant 'nope'", "valid variants: cpn, gt")
+  tiny_run.one_error_line(proc, "unknown variant 'nope'", "valid variants: cpn, gt")
   proc = _run(["train.py", "--config", "configs/demo.py:anything", "--workdir",
                tmp_path / "run"], cache)
-  _one_error_line(proc, "configs/demo.py has no variants", "'anything'")
+  tiny_run.one_error_line(proc, "configs/demo.py has no variants", "'anything'")
   assert not (tmp_path / "run").exists()
 
 
@@ -324,9 +313,9 @@ def test_bad_values_are_listed_together_before_anything_is_created(tmp_path, cac
                "--config.train.steps=-1", "--config.eval.compute_dtype=float64",
                "--config.train.ema_rate=1.5", "--config.train.lifter_checkpoint=/no/such/dir"],
               cache)
-  _one_error_line(proc, "5 problems", "config.train.batch_size=-4", "config.train.steps=-1",
-                  "config.eval.compute_dtype='float64'", "'float32', 'bfloat16'",
-                  "config.train.ema_rate=1.5", "/no/such/dir")
+  tiny_run.one_error_line(proc, "5 problems", "config.train.batch_size=-4", "config.train.steps=-1",
+                          "config.eval.compute_dtype='float64'", "'float32', 'bfloat16'",
+                          "config.train.ema_rate=1.5", "/no/such/dir")
   assert not (tmp_path / "x").exists() and not fresh.exists()
 
 
@@ -334,8 +323,8 @@ def test_missing_data_is_found_before_anything_is_created(tmp_path, cache):
   proc = _run(["train.py", "--config", "configs/diffpose_h36m.py", "--workdir", tmp_path / "run",
                f"--config.data.root={tmp_path / 'h36m'}", "--config.train.lifter_steps=1"],
               cache)
-  _one_error_line(proc, "data files not found", tmp_path / "h36m" / "data_3d_h36m.npz",
-                  "config.data.test_2d")
+  tiny_run.one_error_line(proc, "data files not found", tmp_path / "h36m" / "data_3d_h36m.npz",
+                          "config.data.test_2d")
   assert not (tmp_path / "run").exists()
 
 
@@ -367,7 +356,7 @@ def test_predict_refuses_a_config_for_another_dataset(ckpt, keypoint_file, tmp_p
   proc = _run(["-m", "posediff_jax.predict", "--config", "configs/d3dp_3dhp.py",
                f"--checkpoint={ckpt}", f"--keypoints={path}", f"--image_size={size[0]},{size[1]}",
                f"--output={tmp_path / 'out.npz'}"], cache)
-  _one_error_line(proc, "data.dataset='3dhp'", "Human3.6M")
+  tiny_run.one_error_line(proc, "data.dataset='3dhp'", "Human3.6M")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,8 +368,8 @@ def test_pixel_keypoints_given_as_normalised(ckpt, keypoint_file, tmp_path, cach
   proc = _run(["-m", "posediff_jax.predict", "--config", "configs/demo.py", *_model_flags(),
                f"--checkpoint={ckpt}", f"--keypoints={path}", "--normalized",
                f"--output={tmp_path / 'out.npz'}"], cache)
-  _one_error_line(proc, path, "6 of 6 frames", "frame 0, nose at (", "within about [-1, 1]",
-                  "look like pixels", "drop --normalized", "--image_size=W,H")
+  tiny_run.one_error_line(proc, path, "6 of 6 frames", "frame 0, nose at (", "within about [-1, 1]",
+                          "look like pixels", "drop --normalized", "--image_size=W,H")
   assert not (tmp_path / "out.npz").exists()
 
 
@@ -390,8 +379,8 @@ def test_keypoints_far_outside_the_image_size(ckpt, keypoint_file, tmp_path, cac
                f"--checkpoint={ckpt}", f"--keypoints={path}",
                f"--image_size={size[0] // 4},{size[1] // 4}", f"--output={tmp_path / 'out.npz'}"],
               cache)
-  _one_error_line(proc, "of 6 frames", f"{size[0] // 4}x{size[1] // 4} image",
-                  "25% margin", "--image_size=W,H")
+  tiny_run.one_error_line(proc, "of 6 frames", f"{size[0] // 4}x{size[1] // 4} image",
+                          "25% margin", "--image_size=W,H")
 
 
 def test_coco_keypoints_read_as_human36m(ckpt, keypoint_file, tmp_path, cache):
@@ -402,8 +391,8 @@ def test_coco_keypoints_read_as_human36m(ckpt, keypoint_file, tmp_path, cache):
   proc = _run(["-m", "posediff_jax.predict", "--config", "configs/demo.py", *_model_flags(),
                f"--checkpoint={ckpt}", f"--keypoints={plain}", "--format=h36m",
                f"--image_size={size[0]},{size[1]}", f"--output={tmp_path / 'out.npz'}"], cache)
-  _one_error_line(proc, "read as Human3.6M-17", "6 of 6 frames", "nose, eyes and ears",
-                  "pass --format coco")
+  tiny_run.one_error_line(proc, "read as Human3.6M-17", "6 of 6 frames", "nose, eyes and ears",
+                          "pass --format coco")
 
 
 def test_human36m_keypoints_read_as_coco_and_normalised_ones_as_pixels(keypoint_file):
@@ -443,10 +432,10 @@ def test_evaluate_names_every_size_flag_the_checkpoint_contradicts(ckpt, data, c
   proc = _run(["evaluate.py", "--config", "configs/demo.py", "--checkpoint", ckpt,
                f"--config.data.root={data}", "--config.model.hid_dim=64",
                "--config.model.num_layers=1", "--config.lifter.num_layers=2"], cache)
-  line = _one_error_line(
-      proc, ckpt, "--config.model.hid_dim=64 but the checkpoint has model.hid_dim=16",
-      "--config.lifter.num_layers=2 but the checkpoint has lifter.num_layers=1",
-      "pass --config.model.hid_dim=16 --config.lifter.num_layers=1")
+  line = tiny_run.one_error_line(
+              proc, ckpt, "--config.model.hid_dim=64 but the checkpoint has model.hid_dim=16",
+              "--config.lifter.num_layers=2 but the checkpoint has lifter.num_layers=1",
+              "pass --config.model.hid_dim=16 --config.lifter.num_layers=1")
   assert "model.num_layers" not in line  # set on the command line, but as the checkpoint has it
 
 
@@ -465,10 +454,10 @@ def test_convert_names_every_size_flag_of_both_files_the_weights_contradict(tmp_
                root / "denoiser.pth", "--lifter", root / "lifter.pth", "--output",
                tmp_path / "out", "--config.model.hid_dim=96", "--config.model.num_layers=2",
                "--config.lifter.num_layers=5"], cache)
-  _one_error_line(proc, root / "denoiser.pth", root / "lifter.pth",
-                  "--config.model.hid_dim=96 but the weights have model.hid_dim=64",
-                  "--config.lifter.num_layers=5 but the weights have lifter.num_layers=2",
-                  "pass --config.model.hid_dim=64 --config.lifter.num_layers=2")
+  tiny_run.one_error_line(proc, root / "denoiser.pth", root / "lifter.pth",
+                          "--config.model.hid_dim=96 but the weights have model.hid_dim=64",
+                          "--config.lifter.num_layers=5 but the weights have lifter.num_layers=2",
+                          "pass --config.model.hid_dim=64 --config.lifter.num_layers=2")
   assert not (tmp_path / "out").exists()
 
 
@@ -477,8 +466,8 @@ def test_convert_refuses_a_head_count_that_does_not_divide_the_weights_width(tmp
   proc = _run(["convert_torch_weights.py", "--family", "diffpose", "--checkpoint",
                root / "denoiser.pth", "--lifter", root / "lifter.pth", "--output",
                tmp_path / "out", "--config.lifter.n_head=3"], cache)
-  _one_error_line(proc, "lifter.n_head=3 does not divide lifter.hid_dim=64",
-                  "--config.lifter.n_head=N with N one of 1, 2, 4, 8, 16, 32, 64")
+  tiny_run.one_error_line(proc, "lifter.n_head=3 does not divide lifter.hid_dim=64",
+                          "--config.lifter.n_head=N with N one of 1, 2, 4, 8, 16, 32, 64")
   assert not (tmp_path / "out").exists()
 
 
@@ -522,7 +511,7 @@ def test_phase1_converter_names_every_size():
 
 def test_unknown_flags_and_missing_required_flags_are_one_line(cache):
   proc = _run(["evaluate.py", "--config", "configs/demo.py", "--checkpont=x"], cache)
-  _one_error_line(proc, "checkpont")
+  tiny_run.one_error_line(proc, "checkpont")
 
 
 def test_ci_fails_a_skip_that_is_not_allowed(tmp_path):

@@ -155,6 +155,18 @@ def python(args: list[str], *, cache_dir, devices: int | None = None, xla_flags:
   return proc
 
 
+def one_error_line(proc: subprocess.CompletedProcess, *words) -> str:
+  """Status 2, no traceback, exactly one `error: ` line on stderr, naming every one of `words`
+  (as `str(word)`); returns that line."""
+  assert proc.returncode == 2, f"status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+  assert "Traceback" not in proc.stderr, proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, proc.stderr
+  for word in words:
+    assert str(word) in errors[0], (word, errors[0])
+  return errors[0]
+
+
 def _train_jobs(data_root: str, jobs: list[dict]) -> None:
   from posediff_jax import training  # pylint: disable=g-import-not-at-top
 
