@@ -143,7 +143,7 @@ _RULES = [
     _Rule("train.upstream_shuffle_seed", "int>=0", _TRAINING),
 ]
 
-_MISSING = object()
+MISSING = object()  # what `get_value` gives for a field the config lacks
 
 
 def _literal(value) -> str:
@@ -159,12 +159,12 @@ def override_flag(field: str, value) -> str:
   return shlex.quote(f"--config.{field}={_literal(value)}")
 
 
-def _get(config, path: str):
-  """The value at dotted `path`, or `_MISSING` when the config has no such field."""
+def get_value(config, path: str):
+  """The value at dotted `path`, or `MISSING` when the config has no such field."""
   node = config
   for part in path.split("."):
     if not hasattr(node, "keys") or part not in node:
-      return _MISSING
+      return MISSING
     node = node[part]
   return node
 
@@ -215,8 +215,8 @@ def value_problems(config, tool: str) -> list[str]:
   problems = []
   for rule in _RULES:
     if tool in rule.tools:
-      value = _get(config, rule.path)
-      if value is not _MISSING and value is not None:
+      value = get_value(config, rule.path)
+      if value is not MISSING and value is not None:
         problem = _rule_problem(rule, value)
         if problem:
           problems.append(problem)

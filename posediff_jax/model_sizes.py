@@ -37,22 +37,9 @@ HEAD_COUNTS = {
 # Other recorded model settings that no weight shape shows.
 OTHER_UNSEEN = {"dsgdiffu": ("model.graph",)}
 
-MISSING = object()
-
-
 def _as_json(value):
   """`value` as the JSON meta stores it (tuples become lists)."""
   return json.loads(json.dumps(value))
-
-
-def get_value(config, field: str):
-  """The value of dotted `field`, or `MISSING` when the config has no such field."""
-  node = config
-  for part in field.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return MISSING
-    node = node[part]
-  return node
 
 
 def set_value(config, field: str, value) -> None:
@@ -124,10 +111,10 @@ def adopt(config, meta: dict[str, Any], source, explicit: Iterable[str] = ()) ->
   """
   explicit = set(explicit)
   sizes = {field: value for field, value in recorded(meta).items()
-           if get_value(config, field) is not MISSING}
+           if config_checks.get_value(config, field) is not config_checks.MISSING}
   changed, conflicts = [], []
   for field, value in sizes.items():
-    current = get_value(config, field)
+    current = config_checks.get_value(config, field)
     if _as_json(current) == value:
       continue
     (conflicts if field in explicit else changed).append((field, value, current))
@@ -166,9 +153,9 @@ def head_problems(config, family: str) -> list[str]:
   """Head counts that do not divide the widths they split (read off the weights, or set)."""
   problems = []
   for field, widths in HEAD_COUNTS.get(family, {}).items():
-    heads = get_value(config, field)
+    heads = config_checks.get_value(config, field)
     for width_field in widths:
-      width = get_value(config, width_field)
+      width = config_checks.get_value(config, width_field)
       if not (isinstance(heads, int) and isinstance(width, int) and heads > 0 and width > 0):
         continue  # config_checks.value_problems reports values that are not positive counts
       if width % heads:
@@ -184,12 +171,13 @@ def unseen_line(config, family: str, parts: Iterable[str]) -> str | None:
   `parts` ('denoiser', 'lifter', 'encoder'); None if there are none."""
   parts = set(parts)
   fields = [f for f in (*HEAD_COUNTS.get(family, {}), *OTHER_UNSEEN.get(family, ()))
-            if SECTIONS.get(f.split(".")[0]) in parts and get_value(config, f) is not MISSING]
+            if SECTIONS.get(f.split(".")[0]) in parts
+            and config_checks.get_value(config, f) is not config_checks.MISSING]
   if not fields:
     return None
   heads = [f for f in fields if f in HEAD_COUNTS.get(family, {})]
   text = (f"not in the weights, recorded from the config: "
-          f"{_values((f, get_value(config, f)) for f in fields)}")
+          f"{_values((f, config_checks.get_value(config, f)) for f in fields)}")
   if heads:
     text += (" (no weight shape shows a head count; if the checkpoint was trained with another, "
              f"convert again with --config.{heads[0]}=N")
