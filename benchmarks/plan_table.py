@@ -210,6 +210,7 @@ def main():
   args = parser.parse_args()
   families = [f for f in args.families.split(",") if f]
   topologies = [t for t in args.topologies.split(",") if t]
+  all_families = list(PAPER) + list(VARIANTS)
   # The cheap cells first: every family on one slice, then the next slice.
   for topology in ([] if args.markdown_only else topologies):
     for family in families:
@@ -219,8 +220,8 @@ def main():
       record = run_cell(family, topology, args.timeout)
       if "error" in record:
         print(f"   failed: {record['error']}", flush=True)
-      DOC.write_text(markdown(families, topologies))
-  all_families = list(PAPER) + list(VARIANTS)
+      # The whole document after every cell, so an interrupted run leaves every section.
+      DOC.write_text(markdown(all_families, list(TOPOLOGIES)))
   DOC.write_text(markdown(all_families, list(TOPOLOGIES)))
   print(f"wrote {DOC}")
 
