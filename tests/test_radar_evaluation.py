@@ -204,12 +204,17 @@ def _coarse_as_prediction(config, params, batch, key=None):
   return coarse - coarse[:, :1]
 
 
+def _test_split_with_phase1(config, seed: int):
+  """The test split with stand-in phase-1 outputs: the truth plus 5 cm noise, random features."""
+  split = datasets.load_split(config, "test")
+  rng = np.random.default_rng(seed)
+  return split.with_phase1(split.target_3d + rng.normal(scale=0.05, size=split.target_3d.shape),
+                           rng.normal(size=(len(split), 17, config.model.feature_size)))
+
+
 def test_table_files_every_frame_under_its_scene(config, monkeypatch):
   monkeypatch.setattr(mmdiff, "predict", _coarse_as_prediction)
-  split = datasets.load_split(config, "test")
-  rng = np.random.default_rng(0)
-  split = split.with_phase1(split.target_3d + rng.normal(scale=0.05, size=split.target_3d.shape),
-                            rng.normal(size=(len(split), 17, config.model.feature_size)))
+  split = _test_split_with_phase1(config, seed=0)
   result = evaluation.evaluate(config, {"denoiser": {}}, split, progress=False)
   p1 = 1000 * np.asarray(metrics.mpjpe(split.coarse, split.target_3d))
   p2 = 1000 * np.asarray(metrics.p_mpjpe(split.coarse, split.target_3d))
@@ -303,10 +308,7 @@ def test_saved_predictions_hold_every_frame_with_its_scene(config, monkeypatch):
   from posediff_jax.evaluation import predictions  # pylint: disable=g-import-not-at-top
 
   monkeypatch.setattr(mmdiff, "predict", _coarse_as_prediction)
-  split = datasets.load_split(config, "test")
-  rng = np.random.default_rng(1)
-  split = split.with_phase1(split.target_3d + rng.normal(scale=0.05, size=split.target_3d.shape),
-                            rng.normal(size=(len(split), 17, config.model.feature_size)))
+  split = _test_split_with_phase1(config, seed=1)
   collector = predictions.Collector("radar", "mmdiff")
   result = evaluation.evaluate(config, {"denoiser": {}}, split, progress=False,
                                collector=collector)
