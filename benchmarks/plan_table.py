@@ -35,13 +35,22 @@ PAPER = {
     "mmdiff": ("configs/mmdiff_mmbody.py:head", 128, 256, "radar frames"),
 }
 TOPOLOGIES = ("v5litepod-8", "v5p-8", "v5p-64", "v5p-256")
-# Extra cells: the same family with overrides (what the planner's numbers asked for), named.
-VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+# Extra cells: the same family with overrides (what the planner's numbers asked for), named, and
+# the slices they are meant for.
+VARIANTS: dict[str, tuple[str, dict[str, object], tuple[str, ...]]] = {
     # FinePOSE's sampler as it was before configs/finepose_h36m.py set eval.chunk_size = 80: all
-    # 160 rows of a call in one pass, 22 GiB of activations on a 16 GiB v5e chip.
+    # 160 rows of a call in one pass, 22 GiB of activations on a 16 GiB v5e chip (a v5p chip's
+    # 95 GiB hold it, so the v5p slices would show nothing new).
     "finepose+all-rows": ("`--config.eval.chunk_size=0` (every denoiser row at once: before the "
-                          "planner's fix)", {"eval.chunk_size": 0}),
+                          "planner's fix)", {"eval.chunk_size": 0}, ("v5litepod-8",)),
 }
+
+
+def slices_for(family: str, topologies) -> list[str]:
+  """The slices a family's cells are planned on: all of them, or those its variant is meant for."""
+  if family in VARIANTS:
+    return [t for t in topologies if t in VARIANTS[family][2]]
+  return list(topologies)
 
 
 CHANGES = [
@@ -160,7 +169,7 @@ def markdown(families, topologies) -> str:
               "| slice | chips | program | global batch | HBM/chip (GiB) | TFLOP/chip | "
               "step time | collectives | compile |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for topology in topologies:
+    for topology in slices_for(family, topologies):
       path = cell_path(family, topology)
       if not path.is_file():
         lines.append(f"| {topology} | | not compiled yet | | | | | | |")
@@ -214,6 +223,8 @@ def main():
   # The cheap cells first: every family on one slice, then the next slice.
   for topology in ([] if args.markdown_only else topologies):
     for family in families:
+      if topology not in slices_for(family, [topology]):
+        continue
       if cell_path(family, topology).is_file() and not args.redo:
         continue
       print(f"== {family} on {topology}", flush=True)
