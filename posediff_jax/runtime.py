@@ -323,16 +323,34 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def quiet_libtpu_without_tpu() -> None:
   """With libtpu installed (requirements-dev.txt has it for `posediff_jax.plan`) on a machine
-  without a TPU, JAX's backend probe makes libtpu ask a cloud metadata server about the TPU and
-  print warnings when there is none; the CPU backend is used all the same. Skip that query. A
-  machine with TPU chips is left as it is."""
+  without a TPU, JAX still loads libtpu to look for one, and libtpu prints "could not determine
+  TPU accelerator type" / TPU_WORKER_HOSTNAMES warnings before falling back to the CPU. When there
+  is no TPU chip and no other accelerator plugin, and the user chose no platform, ask JAX for the
+  CPU alone. A machine with TPU chips or a GPU plugin is left as it is."""
+  if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "JAX_FORCE_TPU_INIT" in (
+      os.environ):
+    return
   try:
     from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
     chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
   except Exception:  # pylint: disable=broad-except
     return  # not knowing is no reason to change anything
-  if chips == 0:
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  if chips == 0 and not _accelerator_plugins():
+    jax.config.update("jax_platforms", "cpu")
+
+
+def _accelerator_plugins() -> list[str]:
+  """The PJRT plugins JAX would load (CUDA, ROCm, ...), found the way JAX finds them: modules of
+  the `jax_plugins` namespace package and `jax_plugins` entry points."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  names = [e.name for e in importlib.metadata.entry_points(group="jax_plugins")]
+  try:
+    import jax_plugins  # pylint: disable=g-import-not-at-top
+    names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+  except ImportError:
+    pass
+  return names
 
 
 def run(main, usage: str | None = None, key_flags=()) -> None:

@@ -156,6 +156,19 @@ def test_libtpu_leaves_the_default_backend_alone():
   assert cloud_tpu_init.get_tpu_library_path(), "libtpu is not installed (requirements-dev.txt)"
 
 
+def test_tools_start_without_libtpu_warnings():
+  """On a machine without a TPU, libtpu (installed for the planner) prints host-probe warnings
+  when JAX looks for a TPU; the tools ask for the CPU first (`runtime.run` does this) and print
+  nothing."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS" and not k.startswith("TPU_")}
+  code = ("from posediff_jax import runtime; runtime.quiet_libtpu_without_tpu(); import jax; "
+          "print(jax.default_backend())")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=120, check=True)
+  assert proc.stdout.split() == ["cpu"], proc.stdout + proc.stderr
+  assert "TPU" not in proc.stderr, proc.stderr
+
+
 def test_remat_gives_the_same_step():
   """`model.remat` (the planner's fix for a MixSTE step that does not fit) only moves memory:
   the same parameters, loss and gradients as the plain step, stochastic depth included."""
