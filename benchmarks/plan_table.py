@@ -18,6 +18,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "plan_results"
@@ -35,21 +36,35 @@ PAPER = {
     "mmdiff": ("configs/mmdiff_mmbody.py:head", 128, 256, "radar frames"),
 }
 TOPOLOGIES = ("v5litepod-8", "v5p-8", "v5p-64", "v5p-256")
-# Extra cells: the same family with overrides (what the planner's numbers asked for), named, and
-# the slices they are meant for.
-VARIANTS: dict[str, tuple[str, dict[str, object], tuple[str, ...]]] = {
+class Variant(NamedTuple):
+  """Extra cells: a family with overrides (what the planner's numbers asked for), named."""
+  title: str  # what the overrides are, for the section's heading
+  overrides: dict[str, object]
+  slices: tuple[str, ...]  # the slices it is meant for
+  train_batch: int | None = None  # per chip, instead of the paper's
+  programs: str = "train,eval"
+
+
+VARIANTS: dict[str, Variant] = {
     # FinePOSE's sampler as it was before configs/finepose_h36m.py set eval.chunk_size = 80: all
     # 160 rows of a call in one pass, 22 GiB of activations on a 16 GiB v5e chip (a v5p chip's
     # 95 GiB hold it, so the v5p slices would show nothing new).
-    "finepose+all-rows": ("`--config.eval.chunk_size=0` (every denoiser row at once: before the "
-                          "planner's fix)", {"eval.chunk_size": 0}, ("v5litepod-8",)),
+    "finepose+all-rows": Variant("`--config.eval.chunk_size=0` (every denoiser row at once: "
+                                 "before the planner's fix)", {"eval.chunk_size": 0},
+                                 ("v5litepod-8",)),
+    # D3DP's step at twice the paper's per-chip batch, without and with rematerialisation.
+    "d3dp+8clips": Variant("8 clips per chip (twice the paper's), train step only", {},
+                           ("v5litepod-8",), train_batch=8, programs="train"),
+    "d3dp+8clips+remat": Variant("8 clips per chip and `--config.model.remat=True`, train step "
+                                 "only", {"model.remat": True}, ("v5litepod-8",), train_batch=8,
+                                 programs="train"),
 }
 
 
 def slices_for(family: str, topologies) -> list[str]:
   """The slices a family's cells are planned on: all of them, or those its variant is meant for."""
   if family in VARIANTS:
-    return [t for t in topologies if t in VARIANTS[family][2]]
+    return [t for t in topologies if t in VARIANTS[family].slices]
   return list(topologies)
 
 
@@ -91,11 +106,16 @@ def run_cell(family: str, topology: str, timeout: float) -> dict:
   base = family.split("+")[0]
   spec, train_batch, eval_batch, _ = PAPER[base]
   chips = _chips(topology)
+  variant = VARIANTS.get(family)
+  if variant and variant.train_batch:
+    train_batch = variant.train_batch
   flags = [f"--config.train.batch_size={train_batch * chips}"]
   if eval_batch:
     flags.append(f"--config.eval.batch_size={eval_batch * chips}")
-  if family in VARIANTS:
-    flags += [f"--config.{k}={v}" for k, v in VARIANTS[family][1].items()]
+  if variant:
+    flags += [f"--config.{k}={v}" for k, v in variant.overrides.items()]
+    if variant.programs != "train,eval":
+      flags.append(f"--programs={variant.programs}")
   out = cell_path(family, topology)
   out.parent.mkdir(parents=True, exist_ok=True)
   cmd = [sys.executable, "-m", "posediff_jax.plan", f"--config={spec}", f"--topology={topology}",
@@ -164,7 +184,9 @@ def markdown(families, topologies) -> str:
     spec, train_batch, _, unit = PAPER[base]
     title = f"## {family}: `{spec}`"
     if family in VARIANTS:
-      title += f" with {VARIANTS[family][0]}"
+      title += f" with {VARIANTS[family].title}"
+      if VARIANTS[family].train_batch:
+        train_batch = VARIANTS[family].train_batch
     lines += [title, "", f"Per-chip train batch {train_batch} {unit}.", "",
               "| slice | chips | program | global batch | HBM/chip (GiB) | TFLOP/chip | "
               "step time | collectives | compile |",
