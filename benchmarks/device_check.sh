@@ -3,8 +3,11 @@
 #
 #   bash benchmarks/device_check.sh            # from the repository root
 #
-# 1. Installs the CUDA wheels into .venv (`jax[cuda12]==0.10.2`) unless JAX already sees a GPU.
-# 2. Checks that JAX sees a GPU (stops with a clear message otherwise).
+# 1. Python: .venv/bin/python if there is one, else python3 (a GPU image's own JAX). Packages that
+#    Python lacks (grain, ml_collections) are installed from .whl/ when it exists: on a machine
+#    with no network, fetch them elsewhere with `bash benchmarks/device_wheels.sh` and bring .whl.
+# 2. Installs the CUDA wheels into .venv (`jax[cuda12]==0.10.2`) unless JAX already sees a GPU,
+#    and checks that JAX sees one (stops with a clear message otherwise).
 # 3. Runs benchmarks/bench_{diffpose,icassp,d3dp,finepose,mmdiff}.py (evaluation pipelines) and
 #    benchmarks/bench_train.py --family F for all six families (one train step as train.py runs
 #    it), each under its own time limit, printing timings as it goes. Each benchmark rewrites its
@@ -14,19 +17,41 @@
 # each benchmark compiles once per dtype, 10-40 s, then times a few calls; ~6-7 minutes in all,
 # estimated, not yet run). The limits add up to more than BUDGET_S: a benchmark that hits its
 # limit, or finds the budget spent, is reported and the check goes on; exit status 1 if any did.
-# Environment: PYTHON (default .venv/bin/python), BUDGET_S (default 470), SKIP_INSTALL=1.
+# Environment: PYTHON, BUDGET_S (default 470), SKIP_INSTALL=1; where OUT names a folder, the log
+# and docs/benchmarks.md are copied there too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON="${PYTHON:-.venv/bin/python}"
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 BUDGET_S="${BUDGET_S:-470}"
 START=$(date +%s)
 FAILED=()
 
 say() { printf '[device_check %4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
-if [ ! -x "$PYTHON" ]; then
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  exec > >(tee "$OUT/device_check.log") 2>&1
+fi
+if ! command -v "$PYTHON" >/dev/null; then
   echo "device_check: $PYTHON not found; create the venv first (README: Set-up) or set PYTHON" >&2
+  exit 1
+fi
+
+has_packages() {
+  "$PYTHON" -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections" 2>/dev/null
+}
+if ! has_packages && [ -d .whl ]; then
+  say "installing the wheels in .whl/ into /tmp/posediff_site: $(ls .whl | tr '\n' ' ')"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
+    --no-compile --no-cache-dir --upgrade --target /tmp/posediff_site .whl/*.whl
+  export PYTHONPATH="/tmp/posediff_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! has_packages; then
+  "$PYTHON" -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections" || true
+  echo "device_check: $PYTHON lacks a package named above; pip install -r requirements.txt," \
+       "or on a machine without network bring the wheels of benchmarks/device_wheels.sh in .whl/" >&2
   exit 1
 fi
 
@@ -98,6 +123,9 @@ for family in diffpose icassp mmdiff d3dp finepose dsgdiffu; do
 done
 
 say "finished; figures in docs/benchmarks.md"
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  cp docs/benchmarks.md "$OUT/benchmarks.md"
+fi
 if (( ${#FAILED[@]} )); then
   say "not finished: ${FAILED[*]}"
   exit 1
