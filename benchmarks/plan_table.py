@@ -101,8 +101,11 @@ def cell_path(family: str, topology: str) -> pathlib.Path:
   return RESULTS / f"{family}_{topology}.json"
 
 
-def run_cell(family: str, topology: str, timeout: float) -> dict:
-  """Plans one cell in a fresh process; returns the stored JSON (or an error record)."""
+def run_cell(family: str, topology: str, timeout: float, programs: str = "train,eval") -> dict:
+  """Plans one cell in a fresh process; returns the stored JSON (or an error record).
+
+  With `programs` naming some of the cell's programs, only those are compiled again and replace
+  their entries in the stored cell (the others, and the train step's compile time, are kept)."""
   base = family.split("+")[0]
   spec, train_batch, eval_batch, _ = PAPER[base]
   chips = _chips(topology)
@@ -116,10 +119,12 @@ def run_cell(family: str, topology: str, timeout: float) -> dict:
     flags += [f"--config.{k}={v}" for k, v in variant.overrides.items()]
     if variant.programs != "train,eval":
       flags.append(f"--programs={variant.programs}")
-  out = cell_path(family, topology)
-  out.parent.mkdir(parents=True, exist_ok=True)
+  stored = cell_path(family, topology)
+  stored.parent.mkdir(parents=True, exist_ok=True)
+  partial = programs != "train,eval" and stored.is_file()
+  out = stored.with_suffix(".partial.json") if partial else stored
   cmd = [sys.executable, "-m", "posediff_jax.plan", f"--config={spec}", f"--topology={topology}",
-         f"--json={out}", *flags]
+         f"--json={out}", *flags, *([f"--programs={programs}"] if partial else [])]
   start = time.time()
   try:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
@@ -132,10 +137,20 @@ def run_cell(family: str, topology: str, timeout: float) -> dict:
   if not out.is_file():
     return {"error": error or proc.stderr.strip().splitlines()[-1:] or "no output"}
   record = json.loads(out.read_text())
-  record.update(command=" ".join(["python -m posediff_jax.plan", f"--config={spec}",
-                                  f"--topology={topology}", *flags]),
-                compile_seconds=round(seconds), misfit=error)
-  out.write_text(json.dumps(record, indent=2))
+  if partial:
+    fresh, record = record, json.loads(stored.read_text())
+    out.unlink()
+    names = {prog["name"] for prog in fresh["programs"]}
+    kept = [prog for prog in record["programs"] if prog["name"] not in names]
+    record["programs"] = sorted(kept + fresh["programs"],
+                                key=lambda prog: not prog["name"].startswith("train"))
+    record["misfit"] = error
+    record.setdefault("recompiled", {})[programs] = round(seconds)
+  else:
+    record.update(command=" ".join(["python -m posediff_jax.plan", f"--config={spec}",
+                                    f"--topology={topology}", *flags]),
+                  compile_seconds=round(seconds), misfit=error)
+  stored.write_text(json.dumps(record, indent=2))
   return record
 
 
@@ -238,6 +253,9 @@ def main():
   parser.add_argument("--redo", action="store_true", help="compile cells already stored again")
   parser.add_argument("--markdown-only", action="store_true", help="only rewrite the Markdown")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
+  parser.add_argument("--programs", default="train,eval",
+                      help="with --redo: compile only these programs of stored cells again "
+                           "(e.g. eval after a change to the evaluation program)")
   args = parser.parse_args()
   families = [f for f in args.families.split(",") if f]
   topologies = [t for t in args.topologies.split(",") if t]
@@ -250,7 +268,7 @@ def main():
       if cell_path(family, topology).is_file() and not args.redo:
         continue
       print(f"== {family} on {topology}", flush=True)
-      record = run_cell(family, topology, args.timeout)
+      record = run_cell(family, topology, args.timeout, args.programs)
       if "error" in record:
         print(f"   failed: {record['error']}", flush=True)
       # The whole document after every cell, so an interrupted run leaves every section.

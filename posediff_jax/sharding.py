@@ -49,6 +49,21 @@ def by_batch(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, P("data"))
 
 
+def per_data_shard(fn, mesh: jax.sharding.Mesh, batch_args: tuple[int, ...], num_args: int):
+  """`fn` run by every device on its own shard of the batch (`jax.shard_map` over `data`).
+
+  For functions whose leading-axis rows are independent, so that each device's result is its
+  rows of the whole: arguments at positions `batch_args` are split along `data` (their leading
+  axis), the others replicated, and every output leaf is split along `data`. Nothing inside
+  crosses devices, whatever the partitioner would have chosen for ops it does not split by
+  batch (a batched SVD, for one).
+  """
+  in_specs = tuple(P("data") if i in batch_args else P() for i in range(num_args))
+  # check_vma=False: the samplers' loops start from unsharded constants (a step counter, a done
+  # flag) that the shard's data then touch; with no collective inside there is nothing to check.
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P("data"), check_vma=False)
+
+
 def check_divisible(batch_size: int, mesh: jax.sharding.Mesh, what: str) -> None:
   """A clear error unless `batch_size` splits evenly over the data axis and the processes."""
   data = mesh.shape["data"]

@@ -120,6 +120,10 @@ def test_every_family_plans(family):
   report = plan.format_plan(result)
   assert "HBM needed" in report and plan.misfit_message(result, config) is None
   if family == "d3dp":
+    # Each chip evaluates its own mini-batches: only the results cross chips (gathered for every
+    # process's tables), no reduction and no batched SVD gathered onto every chip.
+    evaluation = result.programs[-1]
+    assert set(evaluation.collectives) <= {"all-gather"}, evaluation.collectives
     step = result.programs[0]
     count, size = step.collectives["all-reduce"]
     # Gradients (float32, replicated parameters) are summed over the data axis every step.
