@@ -71,23 +71,31 @@ def slices_for(family: str, topologies) -> list[str]:
 CHANGES = [
     "- **FinePOSE / DSGDiffu evaluation did not fit a v5e chip.** At the paper's sampler setting "
     "(4 clips × 20 hypotheses × 2 flips = 160 denoiser rows per call, 243 × 17 tokens each) XLA "
-    "needs 22.08 GiB of temporaries and refuses to compile for a 16 GiB chip (row "
+    "needs 20.86 GiB of temporaries and refuses to compile for a 16 GiB chip (row "
     "`finepose+all-rows` below). The evaluation can now run a call's rows a few at a time on "
     "accelerators (`eval.chunk_size`; the CPU keeps `eval.cpu_chunk_size`); the text-conditioned "
-    "configs set 80, with which FinePOSE's and DSGDiffu's evaluations need 14.8 GiB per chip "
-    "(93% of a v5e chip; "
-    "`--config.eval.chunk_size=40` leaves more room). The samples are the same "
-    "(tests/test_plan.py).",
+    "configs set 80, with which FinePOSE's evaluation needs 10.81 GiB per v5e chip and "
+    "DSGDiffu's 10.23 GiB. The samples are the same (tests/test_plan.py).",
+    "- **Evaluation on many chips gathered every chip's hypotheses onto each chip.** The clip "
+    "families' evaluation program left the layout of the batched SVD inside P-MPJPE (Procrustes) "
+    "to XLA's partitioner, which does not split a TPU SVD by batch: it gathered the whole call "
+    "onto every chip, so the per-chip need grew with the slice (DSGDiffu: 16.1 GiB per chip on "
+    "v5p-8, 55.5 GiB on v5p-64, 214.6 GiB and refused on v5p-256; FinePOSE the same). Each "
+    "device now runs its own mini-batches start to end (`jax.shard_map` over the data axis, "
+    "`sharding.per_data_shard`) and only the results cross chips: the tables below are the "
+    "fixed program (tests/test_sharding.py checks that the results equal one device's, "
+    "tests/test_plan.py that the program has no other collective). mmDiff's evaluation still "
+    "gathers its frames' Procrustes inputs (a few MiB; its per-chip need is 1.9 GiB on every "
+    "slice).",
     "- **Training fits as configured.** D3DP's step at the paper's 4 clips per chip needs "
     "10.6 GiB of a v5e chip's 16, FinePOSE's 9.9 GiB, DSGDiffu's 8.5 GiB, mmDiff's (128 frames) "
-    "2.8 GiB: nothing was changed for the paper batch. "
-    "Activations are ~95% of it (the state, parameters + Adam moments + EMA, is 0.5-0.75 GiB "
-    "per chip), so sharding parameters over the data axis (maxtext's fsdp) would save little; "
-    "for larger per-chip batches `model.remat=True` recomputes every MixSTE block in the backward "
-    "pass instead of keeping its activations (same loss and gradients, tests/test_plan.py). Its "
-    "full-size figures are not compiled here yet: `python -m posediff_jax.plan "
-    "--config=configs/d3dp_h36m.py --topology=v5litepod-8 --config.train.batch_size=64 "
-    "--config.model.remat=True`.",
+    "2.8 GiB: nothing was changed for the paper batch. Activations are ~95% of it (the state, "
+    "parameters + Adam moments + EMA, is 0.5-0.75 GiB per chip), so sharding parameters over the "
+    "data axis (maxtext's fsdp) would save little. For larger per-chip batches "
+    "`model.remat=True` recomputes every MixSTE block in the backward pass instead of keeping "
+    "its activations (same loss and gradients, tests/test_plan.py): at 8 clips per v5e chip "
+    "D3DP's step needs 14.65 GiB (92% of the chip) without it and 4.36 GiB with it, for 15% more "
+    "FLOPs (9.06 against 7.91 TFLOP; rows `d3dp+8clips` below).",
 ]
 
 
@@ -185,9 +193,11 @@ def markdown(families, topologies) -> str:
       "- *Global batch*: weak scaling from the paper's per-chip batch (train.batch_size = paper "
       "batch × data axis; frame and radar families' eval.batch_size likewise; clip families "
       "evaluate one mini-batch of eval.batch_size clips per chip).",
-      "- Compiled on a 2-core CPU shared with other work (load average 6-10): a MixSTE-size cell "
-      "took 10-25 minutes, so not every cell has been compiled; `python "
-      "benchmarks/plan_table.py` fills in the rest (each cell is kept as it finishes).",
+      "- Compiled on a 2-core CPU, usually two cells at a time beside other work: a MixSTE-size "
+      "cell took 6-25 minutes (the *compile* column: the whole cell, both programs). `python "
+      "benchmarks/plan_table.py` compiles the cells not stored yet; `--redo --programs eval` "
+      "compiles only the evaluation programs again (done for the clip families after the "
+      "evaluation change below).",
       "",
       "## What the planner changed",
       "",
