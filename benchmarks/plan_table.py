@@ -85,7 +85,7 @@ CHANGES = [
     "`sharding.per_data_shard`) and only the results cross chips: the tables below are the "
     "fixed program (tests/test_sharding.py checks that the results equal one device's, "
     "tests/test_plan.py that the program has no other collective). mmDiff's evaluation still "
-    "gathers its frames' Procrustes inputs (a few MiB; its per-chip need is 1.9 GiB on every "
+    "gathers its frames' Procrustes inputs (a few MiB; its per-chip need is 1.7-1.9 GiB on every "
     "slice).",
     "- **Training fits as configured.** D3DP's step at the paper's 4 clips per chip needs "
     "10.6 GiB of a v5e chip's 16, FinePOSE's 9.9 GiB, DSGDiffu's 8.5 GiB, mmDiff's (128 frames) "
