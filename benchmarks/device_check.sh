@@ -39,9 +39,8 @@ if ! command -v "$PYTHON" >/dev/null; then
   exit 1
 fi
 
-has_packages() {
-  "$PYTHON" -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections" 2>/dev/null
-}
+IMPORTS="import jax, flax, optax, orbax.checkpoint, grain, ml_collections"
+has_packages() { "$PYTHON" -c "$IMPORTS" 2>/dev/null; }
 if ! has_packages && [ -d .whl ]; then
   say "installing the wheels in .whl/ into /tmp/posediff_site: $(ls .whl | tr '\n' ' ')"
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
@@ -49,7 +48,7 @@ if ! has_packages && [ -d .whl ]; then
   export PYTHONPATH="/tmp/posediff_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! has_packages; then
-  "$PYTHON" -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections" || true
+  "$PYTHON" -c "$IMPORTS" || true
   echo "device_check: $PYTHON lacks a package named above; pip install -r requirements.txt," \
        "or on a machine without network bring the wheels of benchmarks/device_wheels.sh in .whl/" >&2
   exit 1

@@ -47,7 +47,7 @@ class Variant(NamedTuple):
 
 VARIANTS: dict[str, Variant] = {
     # FinePOSE's sampler as it was before configs/finepose_h36m.py set eval.chunk_size = 80: all
-    # 160 rows of a call in one pass, 22 GiB of activations on a 16 GiB v5e chip (a v5p chip's
+    # 160 rows of a call in one pass, 21 GiB of activations on a 16 GiB v5e chip (a v5p chip's
     # 95 GiB hold it, so the v5p slices would show nothing new).
     "finepose+all-rows": Variant("`--config.eval.chunk_size=0` (every denoiser row at once: "
                                  "before the planner's fix)", {"eval.chunk_size": 0},
