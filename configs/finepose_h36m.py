@@ -34,7 +34,7 @@ def add_text_branch(c, family: str) -> None:
   c.model.text_tiling = "upstream"
   c.sampling.num_hypotheses = 20
   c.sampling.num_steps = 10
-  # 4 clips x 20 hypotheses x 2 flips = 160 rows per call need 22 GiB of activations on a TPU,
+  # 4 clips x 20 hypotheses x 2 flips = 160 rows per call need 21 GiB of activations on a TPU,
   # more than a v5e chip's 16 (python -m posediff_jax.plan --topology v5litepod-8): run them 80
   # rows at a time on accelerators. Same results; the CPU keeps eval.cpu_chunk_size.
   c.eval.chunk_size = 80

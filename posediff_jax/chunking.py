@@ -3,7 +3,7 @@
 On CPU a batch of a few rows keeps every activation and matmul operand cache-sized, which is
 faster per row than one large batch (~1.7x for ICASSP's denoiser, ~1.2-1.4x for D3DP's MixSTE);
 on GPU/TPU one batch is best while it fits the device's memory, and `eval.chunk_size` rows at a
-time when it does not (FinePOSE's 160 rows of 243 x 17 tokens need 22 GiB, a v5e chip has 16).
+time when it does not (FinePOSE's 160 rows of 243 x 17 tokens need 21 GiB, a v5e chip has 16).
 The result is the same either way.
 """
 
